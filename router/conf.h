@@ -1,0 +1,60 @@
+/*
+ * conf.h - read and check the libconfig file: router settings, plugin
+ * instances (with their parameters validated against each plugin's schema),
+ * and routes.  Runs on the main thread before anything starts.
+ */
+#ifndef IOTR_CONF_H
+#define IOTR_CONF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "instance.h"
+#include "route.h"
+
+/* Problems found in a config, each as "FILE:LINE: message". */
+struct cfg_errors {
+	char **lines;
+	size_t n;
+};
+
+void cfg_error(struct cfg_errors *e, const char *file, int line,
+               const char *fmt, ...) IOTR_PRINTF(4, 5);
+void cfg_errors_free(struct cfg_errors *e);
+
+struct router_config {
+	char *file;
+	struct loader loader;
+	int log_level;              /* -1: not set in the file */
+	char *syslog_ident;         /* NULL: no syslog */
+	int64_t workers;
+	int64_t queue_size;         /* messages per worker queue */
+	int64_t shutdown_timeout_ms;
+	int64_t max_message_bytes;
+	int64_t stats_interval_s;   /* 0: no periodic stats */
+	int64_t retry_backoff_ms;
+	int default_headers;
+	char *dead_letter_topic;    /* NULL: failed messages are logged */
+	struct iotr_instance *dead_letter_output;
+	char *unmatched_topic;      /* NULL: unmatched messages are counted */
+	struct iotr_instance *unmatched_output;
+	struct iotr_instance **instances; /* inputs, transforms, outputs */
+	size_t ninstances;
+	struct route *routes;
+	size_t nroutes;
+};
+
+/*
+ * Read path.  Plugin directories are searched in this order: extra_dirs
+ * (from the command line), router.plugin_dirs, then the built-in directory.
+ * Returns 0 when the config is usable; otherwise -1 with every problem found
+ * in errs.  cfg must be freed with config_free() either way.
+ */
+int config_load(const char *path, char *const *extra_dirs, size_t nextra,
+                struct router_config *cfg, struct cfg_errors *errs);
+void config_free(struct router_config *cfg);
+
+struct iotr_instance *config_instance(const struct router_config *cfg,
+                                      const char *name);
+
+#endif

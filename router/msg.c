@@ -1,0 +1,274 @@
+/*
+ * msg.c - create, copy, change and free messages.
+ *
+ * No locking: a message has one owner at a time (see msg.h).
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "msg.h"
+#include "route.h"
+
+int64_t msg_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* A copy of len bytes with a NUL after them, so text fields are C strings. */
+static void *dup_bytes(const void *data, size_t len)
+{
+	char *copy = malloc(len + 1);
+
+	if (!copy)
+		return NULL;
+	if (len)
+		memcpy(copy, data, len);
+	copy[len] = '\0';
+	return copy;
+}
+
+iotr_msg *msg_new(const char *topic, const void *payload, size_t len)
+{
+	iotr_msg *msg = calloc(1, sizeof(*msg));
+
+	if (!msg)
+		return NULL;
+	msg->topic = strdup(topic ? topic : "");
+	msg->payload = dup_bytes(payload, payload ? len : 0);
+	msg->payload_len = payload ? len : 0;
+	if (!msg->topic || !msg->payload) {
+		msg_free(msg);
+		return NULL;
+	}
+	msg->time_us = msg_now_us();
+	return msg;
+}
+
+static void msg_drop_captures(iotr_msg *msg)
+{
+	size_t i;
+
+	if (!msg->captures)
+		return;
+	for (i = 0; i < msg->route->filter.ncaptures; i++)
+		free(msg->captures[i]);
+	free(msg->captures);
+	msg->captures = NULL;
+}
+
+void msg_free(iotr_msg *msg)
+{
+	size_t i;
+
+	if (!msg)
+		return;
+	msg_drop_captures(msg);
+	for (i = 0; i < msg->nheaders; i++) {
+		free(msg->headers[i].name);
+		free(msg->headers[i].value);
+	}
+	free(msg->headers);
+	if (msg->json)
+		json_decref(msg->json);
+	free(msg->topic);
+	free(msg->payload);
+	free(msg->key);
+	free(msg->dest);
+	free(msg->error);
+	free(msg);
+}
+
+iotr_msg *msg_clone(const iotr_msg *src)
+{
+	iotr_msg *msg = msg_new(src->topic, src->payload, src->payload_len);
+	size_t i;
+
+	if (!msg)
+		return NULL;
+	msg->qos = src->qos;
+	msg->retain = src->retain;
+	msg->time_us = src->time_us;
+	msg->route = src->route;
+	msg->source = src->source;
+	msg->stage = src->stage;
+	msg->dead_letter = src->dead_letter;
+	if (src->key && msg_set_key(msg, src->key, src->key_len))
+		goto fail;
+	if (src->dest && msg_set_dest(msg, src->dest))
+		goto fail;
+	if (src->error)
+		msg_set_error(msg, src->error);
+	for (i = 0; i < src->nheaders; i++)
+		if (msg_add_header(msg, src->headers[i].name,
+		                   src->headers[i].value, src->headers[i].len))
+			goto fail;
+	if (src->captures) {
+		size_t n = src->route->filter.ncaptures;
+
+		msg->captures = calloc(n ? n : 1, sizeof(char *));
+		if (!msg->captures)
+			goto fail;
+		for (i = 0; i < n; i++)
+			if (src->captures[i] &&
+			    !(msg->captures[i] = strdup(src->captures[i])))
+				goto fail;
+	}
+	return msg;
+fail:
+	msg_free(msg);
+	return NULL;
+}
+
+int msg_set_payload(iotr_msg *msg, const void *payload, size_t len)
+{
+	void *copy = dup_bytes(payload, payload ? len : 0);
+
+	if (!copy)
+		return IOTR_ENOMEM;
+	free(msg->payload);
+	msg->payload = copy;
+	msg->payload_len = payload ? len : 0;
+	if (msg->json)
+		json_decref(msg->json);
+	msg->json = NULL;
+	msg->json_state = 0;
+	return IOTR_OK;
+}
+
+int msg_set_key(iotr_msg *msg, const char *key, size_t len)
+{
+	char *copy = NULL;
+
+	if (key && !(copy = dup_bytes(key, len)))
+		return IOTR_ENOMEM;
+	free(msg->key);
+	msg->key = copy;
+	msg->key_len = key ? len : 0;
+	return IOTR_OK;
+}
+
+int msg_set_dest(iotr_msg *msg, const char *topic)
+{
+	char *copy = NULL;
+
+	if (topic && !(copy = strdup(topic)))
+		return IOTR_ENOMEM;
+	free(msg->dest);
+	msg->dest = copy;
+	return IOTR_OK;
+}
+
+int msg_set_qos(iotr_msg *msg, int qos, int retain)
+{
+	if (qos < 0 || qos > 2)
+		return IOTR_EINVAL;
+	msg->qos = qos;
+	msg->retain = !!retain;
+	return IOTR_OK;
+}
+
+int msg_set_time(iotr_msg *msg, int64_t time_us)
+{
+	msg->time_us = time_us;
+	return IOTR_OK;
+}
+
+int msg_add_header(iotr_msg *msg, const char *name, const void *value,
+                   size_t len)
+{
+	struct msg_header *h;
+
+	if (!name)
+		return IOTR_EINVAL;
+	if (msg->nheaders == msg->headers_cap) {
+		size_t cap = msg->headers_cap ? msg->headers_cap * 2 : 8;
+
+		h = realloc(msg->headers, cap * sizeof(*h));
+		if (!h)
+			return IOTR_ENOMEM;
+		msg->headers = h;
+		msg->headers_cap = cap;
+	}
+	h = &msg->headers[msg->nheaders];
+	h->name = strdup(name);
+	h->value = dup_bytes(value, value ? len : 0);
+	h->len = value ? len : 0;
+	if (!h->name || !h->value) {
+		free(h->name);
+		free(h->value);
+		return IOTR_ENOMEM;
+	}
+	msg->nheaders++;
+	return IOTR_OK;
+}
+
+void msg_remove_header(iotr_msg *msg, const char *name)
+{
+	size_t i, kept = 0;
+
+	for (i = 0; i < msg->nheaders; i++) {
+		if (strcmp(msg->headers[i].name, name) == 0) {
+			free(msg->headers[i].name);
+			free(msg->headers[i].value);
+			continue;
+		}
+		msg->headers[kept++] = msg->headers[i];
+	}
+	msg->nheaders = kept;
+}
+
+const void *msg_header(const iotr_msg *msg, const char *name, size_t *len)
+{
+	size_t i;
+
+	for (i = 0; i < msg->nheaders; i++) {
+		if (strcmp(msg->headers[i].name, name) == 0) {
+			if (len)
+				*len = msg->headers[i].len;
+			return msg->headers[i].value;
+		}
+	}
+	return NULL;
+}
+
+void msg_set_error(iotr_msg *msg, const char *reason)
+{
+	free(msg->error);
+	msg->error = reason ? strdup(reason) : NULL;
+}
+
+const char *msg_capture(const iotr_msg *msg, const char *name)
+{
+	int i;
+
+	if (!msg->route || !msg->captures)
+		return NULL;
+	i = filter_capture_index(&msg->route->filter, name);
+	return i < 0 ? NULL : msg->captures[i];
+}
+
+json_t *msg_json(iotr_msg *msg)
+{
+	if (msg->json_state == 0) {
+		msg->json = json_loadb(msg->payload, msg->payload_len,
+		                       JSON_DECODE_ANY, NULL);
+		msg->json_state = msg->json ? 1 : -1;
+	}
+	return msg->json;
+}
+
+size_t msg_size(const iotr_msg *msg)
+{
+	size_t n = msg->payload_len + msg->key_len + strlen(msg->topic);
+	size_t i;
+
+	for (i = 0; i < msg->nheaders; i++)
+		n += strlen(msg->headers[i].name) + msg->headers[i].len;
+	return n;
+}

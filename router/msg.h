@@ -1,0 +1,79 @@
+/*
+ * msg.h - the router's message: what iotr_msg is inside the host.
+ *
+ * A message is owned by exactly one party at a time (an input until emit(),
+ * a worker queue, a worker, an output until delivered()), so its fields need
+ * no lock.  The counters in pipeline.c are what is shared.
+ */
+#ifndef IOTR_MSG_H
+#define IOTR_MSG_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "iotrouter/plugin.h"
+
+struct route;
+
+
+struct msg_header {
+	char *name;
+	void *value;
+	size_t len;
+};
+
+struct iotr_msg {
+	char *topic;            /* source topic, never NULL */
+	void *payload;
+	size_t payload_len;
+	char *key;              /* NULL: no key */
+	size_t key_len;
+	char *dest;             /* destination topic, NULL until routed */
+	int qos;
+	int retain;
+	int64_t time_us;
+	struct msg_header *headers;
+	size_t nheaders;
+	size_t headers_cap;
+	char *error;            /* why it failed, for the dead-letter headers */
+
+	/* Host-only routing state. */
+	const struct route *route;
+	char **captures;        /* parallel to route->filter.captures */
+	struct iotr_instance *source;
+	struct iotr_instance *output; /* where it goes: the route's output, or
+	                               * the unmatched / dead-letter output */
+	size_t stage;           /* next transform of route->transforms to run */
+	unsigned dead_letter:1; /* on its way to the dead-letter topic */
+	unsigned retries;       /* redeliveries after IOTR_ERETRY */
+	json_t *json;           /* payload parsed on first ${json:...}, or NULL */
+	int json_state;         /* 0 not parsed, 1 parsed, -1 not JSON */
+	struct iotr_msg *next;  /* queue link */
+};
+
+iotr_msg *msg_new(const char *topic, const void *payload, size_t len);
+iotr_msg *msg_clone(const iotr_msg *msg);
+void msg_free(iotr_msg *msg);
+
+int msg_set_payload(iotr_msg *msg, const void *payload, size_t len);
+int msg_set_key(iotr_msg *msg, const char *key, size_t len);
+int msg_set_dest(iotr_msg *msg, const char *topic);
+int msg_set_qos(iotr_msg *msg, int qos, int retain);
+int msg_set_time(iotr_msg *msg, int64_t time_us);
+int msg_add_header(iotr_msg *msg, const char *name, const void *value,
+                   size_t len);
+void msg_remove_header(iotr_msg *msg, const char *name);
+void msg_set_error(iotr_msg *msg, const char *reason);
+const void *msg_header(const iotr_msg *msg, const char *name, size_t *len);
+const char *msg_capture(const iotr_msg *msg, const char *name);
+
+/* The payload as JSON (parsed once), or NULL when it is not valid JSON. */
+json_t *msg_json(iotr_msg *msg);
+
+/* Bytes the message holds, for the max_message_bytes limit. */
+size_t msg_size(const iotr_msg *msg);
+
+int64_t msg_now_us(void);
+
+#endif

@@ -1,0 +1,726 @@
+/*
+ * pipeline.c - the router's engine.
+ *
+ * Locks: each worker queue has its own mutex; `inflight` (messages accepted
+ * and not yet finished) is atomic, with drain_lock/drain_cond only to wake
+ * pipeline_drain().  Config, routes and instances are read-only here.
+ *
+ * Every accepted message ends in exactly one of: delivered, dropped by a
+ * transform, dead-lettered (then delivered to the dead-letter topic), or
+ * lost (counted and logged: no dead-letter topic, or the shutdown deadline
+ * passed).  Those four counters always add up to what was accepted.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "msg.h"
+#include "pipeline.h"
+#include "template.h"
+
+struct queue {
+	pthread_mutex_t lock;
+	pthread_cond_t not_empty;
+	pthread_cond_t not_full;
+	iotr_msg *head, *tail;
+	size_t len;
+	size_t cap;
+};
+
+struct worker {
+	struct pipeline *p;
+	pthread_t thread;
+	int running;
+	struct queue q;
+	size_t index;
+};
+
+struct pipeline {
+	struct router_config *cfg;
+	struct worker *workers;
+	size_t nworkers;
+	atomic_int stopping;
+	atomic_int quit;
+	atomic_uint_least64_t inflight;
+	pthread_mutex_t drain_lock;
+	pthread_cond_t drain_cond;
+	int64_t min_tick_ms;
+
+	iotr_counter *received, *unmatched, *delivered, *dropped,
+		*dead_lettered, *lost, *oversized, *retried;
+	atomic_int warned_unmatched;
+};
+
+/* What a transform's emit() continues from, set around process()/tick(). */
+struct emit_ctx {
+	struct worker *w;
+	const struct route *route;
+	size_t stage;               /* next stage after the calling transform */
+	struct iotr_instance *output;
+};
+
+static _Thread_local struct emit_ctx *current_ctx;
+
+int64_t monotonic_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void deadline_ts(struct timespec *ts, int64_t ms_from_now)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += ms_from_now / 1000;
+	ts->tv_nsec += (ms_from_now % 1000) * 1000000;
+	if (ts->tv_nsec >= 1000000000) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000;
+	}
+}
+
+static int cond_init_monotonic(pthread_cond_t *c)
+{
+	pthread_condattr_t a;
+	int rc;
+
+	pthread_condattr_init(&a);
+	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+	rc = pthread_cond_init(c, &a);
+	pthread_condattr_destroy(&a);
+	return rc;
+}
+
+/* --- queues --------------------------------------------------------------- */
+
+static int queue_init(struct queue *q, size_t cap)
+{
+	memset(q, 0, sizeof(*q));
+	q->cap = cap;
+	if (pthread_mutex_init(&q->lock, NULL) ||
+	    cond_init_monotonic(&q->not_empty) ||
+	    cond_init_monotonic(&q->not_full))
+		return -1;
+	return 0;
+}
+
+/*
+ * Append msg.  With force, ignore the bound (for messages already counted as
+ * in flight that must come back: retries, dead letters, fan-out), so that no
+ * thread that the workers themselves wait on can block here.
+ */
+static int queue_push(struct pipeline *p, struct queue *q, iotr_msg *msg,
+                      int force)
+{
+	pthread_mutex_lock(&q->lock);
+	while (!force && q->len >= q->cap) {
+		struct timespec ts;
+
+		if (atomic_load(&p->stopping) >= 2) {
+			pthread_mutex_unlock(&q->lock);
+			return IOTR_ESHUTDOWN;
+		}
+		deadline_ts(&ts, 100);
+		pthread_cond_timedwait(&q->not_full, &q->lock, &ts);
+	}
+	msg->next = NULL;
+	if (q->tail)
+		q->tail->next = msg;
+	else
+		q->head = msg;
+	q->tail = msg;
+	q->len++;
+	pthread_cond_signal(&q->not_empty);
+	pthread_mutex_unlock(&q->lock);
+	return IOTR_OK;
+}
+
+/* The next message, or NULL after waiting until wake_ms (monotonic). */
+static iotr_msg *queue_pop(struct pipeline *p, struct queue *q, int64_t wake_ms)
+{
+	iotr_msg *msg;
+
+	pthread_mutex_lock(&q->lock);
+	while (!q->head && !atomic_load(&p->quit)) {
+		struct timespec ts;
+		int64_t wait = wake_ms - monotonic_ms();
+
+		if (wait <= 0)
+			break;
+		deadline_ts(&ts, wait > 1000 ? 1000 : wait);
+		pthread_cond_timedwait(&q->not_empty, &q->lock, &ts);
+	}
+	msg = q->head;
+	if (msg) {
+		q->head = msg->next;
+		if (!q->head)
+			q->tail = NULL;
+		q->len--;
+		msg->next = NULL;
+		pthread_cond_signal(&q->not_full);
+	}
+	pthread_mutex_unlock(&q->lock);
+	return msg;
+}
+
+/* --- accounting ------------------------------------------------------------ */
+
+static void finish(struct pipeline *p, iotr_msg *msg, iotr_counter *outcome)
+{
+	metrics_add(outcome, 1);
+	msg_free(msg);
+	/* The last one out wakes pipeline_drain(). */
+	if (atomic_fetch_sub(&p->inflight, 1) == 1) {
+		pthread_mutex_lock(&p->drain_lock);
+		pthread_cond_broadcast(&p->drain_cond);
+		pthread_mutex_unlock(&p->drain_lock);
+	}
+}
+
+static void lose(struct pipeline *p, iotr_msg *msg, const char *why)
+{
+	log_error("message lost: topic '%s'%s%s: %s", msg->topic,
+	          msg->dest ? ", destination " : "", msg->dest ? msg->dest : "",
+	          why);
+	finish(p, msg, p->lost);
+}
+
+static uint32_t hash_bytes(const char *s, size_t len)
+{
+	uint32_t h = 2166136261u;    /* FNV-1a */
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		h ^= (unsigned char)s[i];
+		h *= 16777619u;
+	}
+	return h;
+}
+
+static struct worker *worker_for(struct pipeline *p, const iotr_msg *msg)
+{
+	uint32_t h = msg->key ? hash_bytes(msg->key, msg->key_len) :
+		hash_bytes(msg->topic, strlen(msg->topic));
+
+	return &p->workers[h % p->nworkers];
+}
+
+/*
+ * Send a failed message to the dead-letter topic, with the reason, route and
+ * source topic in headers; or, without a dead-letter topic, count it lost.
+ */
+static void dead_letter(struct pipeline *p, iotr_msg *msg, const char *reason)
+{
+	struct router_config *cfg = p->cfg;
+	const char *route = msg->route ? msg->route->name : "(no route)";
+
+	if (!reason)
+		reason = msg->error ? msg->error : "unknown failure";
+	if (msg->dead_letter || !cfg->dead_letter_topic) {
+		char why[1024];
+
+		snprintf(why, sizeof(why), "%s%s", reason, msg->dead_letter ?
+		         " (while sending it to the dead-letter topic)" :
+		         "; set router.dead_letter_topic to keep such messages");
+		lose(p, msg, why);
+		return;
+	}
+	log_warning("dead-lettering message from topic '%s' (%s) to '%s': %s",
+	            msg->topic, route, cfg->dead_letter_topic, reason);
+	msg_remove_header(msg, "iotrouter.error");
+	msg_remove_header(msg, "iotrouter.route");
+	msg_remove_header(msg, "iotrouter.source_topic");
+	if (msg_add_header(msg, "iotrouter.error", reason, strlen(reason)) ||
+	    msg_add_header(msg, "iotrouter.route", route, strlen(route)) ||
+	    msg_add_header(msg, "iotrouter.source_topic", msg->topic,
+	                   strlen(msg->topic)) ||
+	    msg_set_dest(msg, cfg->dead_letter_topic)) {
+		lose(p, msg, "out of memory while dead-lettering");
+		return;
+	}
+	msg->dead_letter = 1;
+	msg->output = cfg->dead_letter_output;
+	metrics_add(p->dead_lettered, 1);
+	queue_push(p, &worker_for(p, msg)->q, msg, 1);
+}
+
+/* --- ingress ------------------------------------------------------------ */
+
+static const struct route *route_find(struct pipeline *p,
+                                      const struct iotr_instance *src,
+                                      const char *topic, size_t *spans)
+{
+	size_t i;
+
+	for (i = 0; i < p->cfg->nroutes; i++) {
+		const struct route *r = &p->cfg->routes[i];
+
+		if (r->input && r->input != src)
+			continue;
+		if (filter_match(&r->filter, topic, spans))
+			return r;
+	}
+	return NULL;
+}
+
+/* Without a route: count it, and send it to router.unmatched_topic if set.
+ * Returns 1 when the message goes on, 0 when it was dropped here. */
+static int ingest_unmatched(struct pipeline *p, iotr_msg *msg)
+{
+	struct router_config *cfg = p->cfg;
+
+	metrics_add(p->unmatched, 1);
+	if (!cfg->unmatched_topic) {
+		if (!atomic_exchange(&p->warned_unmatched, 1))
+			log_notice("messages on topic '%s' match no route; they "
+			           "are counted as router.unmatched and not "
+			           "sent; set router.unmatched_topic to keep "
+			           "them (logged once)", msg->topic);
+		msg_free(msg);
+		return 0;
+	}
+	msg->output = cfg->unmatched_output;
+	return 1;
+}
+
+/* An oversized message goes to the dead-letter topic with its payload cut
+ * to half the limit, so the dead letter itself fits. */
+static void ingest_oversized(struct pipeline *p, iotr_msg *msg, size_t size)
+{
+	size_t keep = (size_t)p->cfg->max_message_bytes / 2;
+	char why[256], num[32];
+	int n;
+
+	metrics_add(p->oversized, 1);
+	snprintf(why, sizeof(why), "message of %zu bytes exceeds "
+	         "router.max_message_bytes (%lld); the dead letter keeps the "
+	         "first %zu bytes of the payload", size,
+	         (long long)p->cfg->max_message_bytes, keep);
+	n = snprintf(num, sizeof(num), "%zu", msg->payload_len);
+	if (msg->payload_len > keep &&
+	    (msg_set_payload(msg, msg->payload, keep) ||
+	     msg_add_header(msg, "iotrouter.original_size", num, (size_t)n))) {
+		lose(p, msg, "out of memory while dead-lettering");
+		return;
+	}
+	dead_letter(p, msg, why);
+}
+
+int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg)
+{
+	struct pipeline *p = src->pipeline;
+	struct router_config *cfg = p->cfg;
+	size_t spans_small[32], *spans = spans_small;
+	const struct route *r;
+	size_t need = 0, i, size;
+	int rc = IOTR_OK;
+
+	if (!msg)
+		return IOTR_EINVAL;
+	msg->source = src;
+	metrics_add(p->received, 1);
+	for (i = 0; i < cfg->nroutes; i++)
+		if (cfg->routes[i].filter.ncaptures > need)
+			need = cfg->routes[i].filter.ncaptures;
+	if (2 * need > sizeof(spans_small) / sizeof(spans_small[0]) &&
+	    !(spans = malloc(2 * need * sizeof(*spans)))) {
+		lose(p, msg, "out of memory routing it");
+		return IOTR_ENOMEM;
+	}
+	r = route_find(p, src, msg->topic, spans);
+	if (!r) {
+		if (!ingest_unmatched(p, msg)) {
+			if (spans != spans_small)
+				free(spans);
+			return IOTR_OK;
+		}
+		if (msg_set_dest(msg, cfg->unmatched_topic) ||
+		    (cfg->default_headers && route_default_headers(msg)))
+			rc = IOTR_ENOMEM;
+	} else {
+		msg->output = r->output;
+		rc = route_apply(r, msg, spans);
+	}
+	if (spans != spans_small)
+		free(spans);
+	/* From here the message is accepted: it ends delivered, dropped by a
+	 * transform, or lost, and pipeline_drain() waits for it. */
+	atomic_fetch_add(&p->inflight, 1);
+	if (rc == IOTR_FAIL) {
+		dead_letter(p, msg, NULL);
+		return IOTR_OK;
+	}
+	if (rc) {
+		lose(p, msg, "out of memory routing it");
+		return rc;
+	}
+	if ((size = msg_size(msg)) > (size_t)cfg->max_message_bytes) {
+		ingest_oversized(p, msg, size);
+		return IOTR_OK;
+	}
+	rc = queue_push(p, &worker_for(p, msg)->q, msg, 0);
+	if (rc)
+		lose(p, msg, "the shutdown deadline passed before the message "
+		     "could be queued");
+	return rc;
+}
+
+/* --- workers ------------------------------------------------------------ */
+
+static void run_output(struct pipeline *p, iotr_msg *msg)
+{
+	struct iotr_instance *out = msg->output;
+	int rc;
+
+	for (;;) {
+		rc = out->plugin->deliver(out->state, msg);
+		if (rc == IOTR_OK)
+			return;   /* delivered() finishes it */
+		if (rc == IOTR_ERETRY && atomic_load(&p->stopping) < 2) {
+			struct timespec ts = {
+				.tv_sec = p->cfg->retry_backoff_ms / 1000,
+				.tv_nsec = (p->cfg->retry_backoff_ms % 1000) *
+					1000000 };
+
+			metrics_add(p->retried, 1);
+			nanosleep(&ts, NULL);
+			continue;
+		}
+		break;
+	}
+	if (rc == IOTR_FAIL) {
+		char why[1024];
+
+		snprintf(why, sizeof(why), "output '%s' refused it: %s",
+		         out->name, msg->error ? msg->error : "no reason given");
+		dead_letter(p, msg, why);
+		return;
+	}
+	lose(p, msg, rc == IOTR_ESHUTDOWN ? "the shutdown deadline passed "
+	     "before the output took it" : "the output could not take it");
+}
+
+/* Run the rest of the message's transform chain; 1 if it goes on. */
+static int run_transforms(struct worker *w, iotr_msg *msg)
+{
+	struct pipeline *p = w->p;
+	const struct route *r = msg->route;
+
+	while (r && msg->stage < r->ntransforms) {
+		struct iotr_instance *t = r->transforms[msg->stage];
+		struct emit_ctx ctx = { w, r, msg->stage + 1, msg->output };
+		int rc;
+
+		msg->stage++;
+		current_ctx = &ctx;
+		rc = t->plugin->process(t->state, msg);
+		current_ctx = NULL;
+		if (rc == IOTR_OK)
+			continue;
+		if (rc == IOTR_DROP) {
+			finish(p, msg, p->dropped);
+			return 0;
+		}
+		{
+			char why[1024];
+
+			snprintf(why, sizeof(why), "transform '%s' failed: %s",
+			         t->name, msg->error ? msg->error :
+			         "no reason given");
+			dead_letter(p, msg, why);
+		}
+		return 0;
+	}
+	return 1;
+}
+
+static void run_ticks(struct worker *w, int64_t now_us)
+{
+	struct router_config *cfg = w->p->cfg;
+	size_t i, k;
+
+	for (i = 0; i < cfg->ninstances; i++) {
+		struct iotr_instance *t = cfg->instances[i];
+		struct emit_ctx ctx = { w, NULL, 0, NULL };
+
+		if (t->kind != IOTR_PLUGIN_TRANSFORM || !t->tick_ms ||
+		    t->plugin->size <= offsetof(struct iotr_plugin, tick) ||
+		    !t->plugin->tick)
+			continue;
+		/* Messages made in a tick go on after this transform in the
+		 * first route that uses it. */
+		for (k = 0; k < cfg->nroutes && !ctx.route; k++) {
+			size_t s;
+
+			for (s = 0; s < cfg->routes[k].ntransforms; s++) {
+				if (cfg->routes[k].transforms[s] == t) {
+					ctx.route = &cfg->routes[k];
+					ctx.stage = s + 1;
+					ctx.output = cfg->routes[k].output;
+					break;
+				}
+			}
+		}
+		if (!ctx.route)
+			continue;
+		current_ctx = &ctx;
+		t->plugin->tick(t->state, now_us);
+		current_ctx = NULL;
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct pipeline *p = w->p;
+	int64_t tick = p->min_tick_ms;
+	int64_t next_tick = tick ? monotonic_ms() + tick : INT64_MAX;
+
+	for (;;) {
+		iotr_msg *msg = queue_pop(p, &w->q, next_tick);
+
+		if (!msg && atomic_load(&p->quit))
+			break;
+		if (tick && monotonic_ms() >= next_tick) {
+			run_ticks(w, msg_now_us());
+			next_tick += tick;
+			if (next_tick < monotonic_ms())
+				next_tick = monotonic_ms() + tick;
+		}
+		if (!msg)
+			continue;
+		if (!msg->dead_letter && !run_transforms(w, msg))
+			continue;
+		run_output(p, msg);
+	}
+	return NULL;
+}
+
+int pipeline_transform_emit(struct iotr_instance *t, iotr_msg *msg)
+{
+	struct emit_ctx *ctx = current_ctx;
+	struct pipeline *p = t->pipeline;
+
+	if (!msg)
+		return IOTR_EINVAL;
+	if (!ctx) {
+		log_error("[plugin:%s] emit() called outside process(), tick() "
+		          "or stop(); message on '%s' dropped", t->name,
+		          msg->topic);
+		msg_free(msg);
+		return IOTR_EINVAL;
+	}
+	if (!msg->route && ctx->route) {
+		msg->route = ctx->route;
+		msg->captures = NULL;
+	}
+	msg->stage = ctx->stage;
+	msg->output = ctx->output;
+	if (!msg->output) {
+		msg_free(msg);
+		return IOTR_EINVAL;
+	}
+	atomic_fetch_add(&p->inflight, 1);
+	metrics_add(p->received, 1);
+	return queue_push(p, &worker_for(p, msg)->q, msg, 1);
+}
+
+void pipeline_stop_transform(struct pipeline *p, struct iotr_instance *t)
+{
+	struct emit_ctx ctx = { &p->workers[0], NULL, 0, NULL };
+	size_t k, s;
+
+	if (!t->plugin->stop)
+		return;
+	for (k = 0; k < p->cfg->nroutes && !ctx.route; k++)
+		for (s = 0; s < p->cfg->routes[k].ntransforms; s++)
+			if (p->cfg->routes[k].transforms[s] == t) {
+				ctx.route = &p->cfg->routes[k];
+				ctx.stage = s + 1;
+				ctx.output = p->cfg->routes[k].output;
+				break;
+			}
+	current_ctx = ctx.route ? &ctx : NULL;
+	t->plugin->stop(t->state);
+	current_ctx = NULL;
+}
+
+void pipeline_delivered(struct iotr_instance *out, iotr_msg *msg, int status,
+                        const char *reason)
+{
+	struct pipeline *p = out->pipeline;
+
+	if (!msg)
+		return;
+	switch (status) {
+	case IOTR_OK:
+		finish(p, msg, p->delivered);
+		return;
+	case IOTR_ERETRY:
+		if (atomic_load(&p->stopping) < 2 &&
+		    msg->retries < UINT32_MAX) {
+			msg->retries++;
+			metrics_add(p->retried, 1);
+			queue_push(p, &worker_for(p, msg)->q, msg, 1);
+			return;
+		}
+		lose(p, msg, reason ? reason : "not delivered before the "
+		     "shutdown deadline");
+		return;
+	default: {
+		char why[1024];
+
+		snprintf(why, sizeof(why), "output '%s' rejected it: %s",
+		         out->name, reason ? reason : msg->error ? msg->error :
+		         "no reason given");
+		dead_letter(p, msg, why);
+		return;
+	}
+	}
+}
+
+/* --- life cycle ------------------------------------------------------------ */
+
+struct pipeline *pipeline_new(struct router_config *cfg)
+{
+	struct pipeline *p = calloc(1, sizeof(*p));
+	size_t i;
+
+	if (!p)
+		return NULL;
+	p->cfg = cfg;
+	p->nworkers = (size_t)cfg->workers;
+	p->workers = calloc(p->nworkers, sizeof(*p->workers));
+	if (!p->workers || pthread_mutex_init(&p->drain_lock, NULL) ||
+	    cond_init_monotonic(&p->drain_cond)) {
+		free(p->workers);
+		free(p);
+		return NULL;
+	}
+	for (i = 0; i < p->nworkers; i++) {
+		p->workers[i].p = p;
+		p->workers[i].index = i;
+		if (queue_init(&p->workers[i].q, (size_t)cfg->queue_size)) {
+			free(p->workers);
+			free(p);
+			return NULL;
+		}
+	}
+	for (i = 0; i < cfg->ninstances; i++) {
+		struct iotr_instance *t = cfg->instances[i];
+
+		t->pipeline = p;
+		if (t->kind == IOTR_PLUGIN_TRANSFORM && t->tick_ms &&
+		    (!p->min_tick_ms || t->tick_ms < p->min_tick_ms))
+			p->min_tick_ms = t->tick_ms;
+	}
+	p->received = metrics_counter("router.received");
+	p->unmatched = metrics_counter("router.unmatched");
+	p->delivered = metrics_counter("router.delivered");
+	p->dropped = metrics_counter("router.dropped");
+	p->dead_lettered = metrics_counter("router.dead_lettered");
+	p->oversized = metrics_counter("router.oversized");
+	p->retried = metrics_counter("router.retried");
+	p->lost = metrics_counter("router.lost");
+	return p;
+}
+
+int pipeline_start(struct pipeline *p)
+{
+	size_t i;
+	int rc;
+
+	for (i = 0; i < p->nworkers; i++) {
+		rc = pthread_create(&p->workers[i].thread, NULL, worker_main,
+		                    &p->workers[i]);
+		if (rc) {
+			log_error("cannot start worker thread %zu: %s", i,
+			          strerror(rc));
+			return -1;
+		}
+		p->workers[i].running = 1;
+	}
+	return 0;
+}
+
+void pipeline_set_stopping(struct pipeline *p, int level)
+{
+	atomic_store(&p->stopping, level);
+}
+
+int pipeline_stopping(const struct pipeline *p)
+{
+	return atomic_load(&((struct pipeline *)p)->stopping);
+}
+
+uint64_t pipeline_drain(struct pipeline *p, int64_t deadline_ms)
+{
+	uint64_t left;
+
+	pthread_mutex_lock(&p->drain_lock);
+	while ((left = atomic_load(&p->inflight)) > 0) {
+		struct timespec ts;
+		int64_t wait = deadline_ms - monotonic_ms();
+
+		if (wait <= 0)
+			break;
+		deadline_ts(&ts, wait > 200 ? 200 : wait);
+		pthread_cond_timedwait(&p->drain_cond, &p->drain_lock, &ts);
+	}
+	pthread_mutex_unlock(&p->drain_lock);
+	return left;
+}
+
+void pipeline_stop_workers(struct pipeline *p)
+{
+	size_t i;
+
+	atomic_store(&p->quit, 1);
+	for (i = 0; i < p->nworkers; i++) {
+		struct queue *q = &p->workers[i].q;
+
+		pthread_mutex_lock(&q->lock);
+		pthread_cond_broadcast(&q->not_empty);
+		pthread_mutex_unlock(&q->lock);
+	}
+	for (i = 0; i < p->nworkers; i++)
+		if (p->workers[i].running)
+			pthread_join(p->workers[i].thread, NULL);
+	/* Workers leave only on an empty queue or at quit; what is left was
+	 * never given to an output. */
+	for (i = 0; i < p->nworkers; i++) {
+		iotr_msg *msg;
+
+		while ((msg = p->workers[i].q.head)) {
+			p->workers[i].q.head = msg->next;
+			lose(p, msg, "still queued when the router stopped");
+		}
+		p->workers[i].q.tail = NULL;
+	}
+}
+
+void pipeline_free(struct pipeline *p)
+{
+	size_t i;
+
+	if (!p)
+		return;
+	for (i = 0; i < p->nworkers; i++) {
+		pthread_mutex_destroy(&p->workers[i].q.lock);
+		pthread_cond_destroy(&p->workers[i].q.not_empty);
+		pthread_cond_destroy(&p->workers[i].q.not_full);
+	}
+	pthread_mutex_destroy(&p->drain_lock);
+	pthread_cond_destroy(&p->drain_cond);
+	free(p->workers);
+	free(p);
+}

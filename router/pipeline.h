@@ -1,0 +1,46 @@
+/*
+ * pipeline.h - from emit() to delivered(): route, queue, transform, deliver.
+ *
+ * Threads: inputs call pipeline_ingest() from their own threads; `workers`
+ * worker threads each own one bounded queue and run transforms and
+ * output->deliver(); outputs call pipeline_delivered() from theirs.  A
+ * message's key (or, without a key, its source topic) picks its worker, so
+ * one key's messages are handled in arrival order by one thread.
+ */
+#ifndef IOTR_PIPELINE_H
+#define IOTR_PIPELINE_H
+
+#include <stdint.h>
+
+#include "conf.h"
+
+struct pipeline;
+
+struct pipeline *pipeline_new(struct router_config *cfg);
+int pipeline_start(struct pipeline *p);
+
+/* host->emit() from an input: route and queue; blocks while full. */
+int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg);
+/* host->emit() from a transform, during process(), tick() or stop(). */
+int pipeline_transform_emit(struct iotr_instance *t, iotr_msg *msg);
+/* host->delivered() from an output. */
+void pipeline_delivered(struct iotr_instance *out, iotr_msg *msg, int status,
+                        const char *reason);
+
+/* Call a transform's stop() so that what it emits joins the pipeline. */
+void pipeline_stop_transform(struct pipeline *p, struct iotr_instance *t);
+
+/* 0 running, 1 draining, 2 past the shutdown deadline. */
+void pipeline_set_stopping(struct pipeline *p, int level);
+int pipeline_stopping(const struct pipeline *p);
+
+/* Wait until every accepted message is finished, or the deadline
+ * (CLOCK_MONOTONIC ms).  Returns the number still unfinished. */
+uint64_t pipeline_drain(struct pipeline *p, int64_t deadline_ms);
+/* Stop and join the workers; messages still queued are counted as lost. */
+void pipeline_stop_workers(struct pipeline *p);
+void pipeline_free(struct pipeline *p);
+
+int64_t monotonic_ms(void);
+
+#endif
