@@ -409,9 +409,14 @@ int main(int argc, char **argv)
 		        errs.n, errs.n == 1 ? "" : "s");
 		rc = 3;
 	} else if (o.check) {
-		printf("%s: configuration is valid (%zu inputs/transforms/"
-		       "outputs, %zu routes)\n", o.config, cfg.ninstances,
-		       cfg.nroutes);
+		size_t n[4] = { 0 };
+
+		for (i = 0; i < cfg.ninstances; i++)
+			n[cfg.instances[i]->kind]++;
+		printf("%s: configuration is valid: %zu inputs, %zu "
+		       "transforms, %zu outputs, %zu routes\n", o.config,
+		       n[IOTR_PLUGIN_INPUT], n[IOTR_PLUGIN_TRANSFORM],
+		       n[IOTR_PLUGIN_OUTPUT], cfg.nroutes);
 	} else {
 		int level = cfg.log_level >= 0 ? cfg.log_level : IOTR_LOG_NOTICE;
 

@@ -321,8 +321,8 @@ int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg)
 	struct router_config *cfg = p->cfg;
 	size_t spans_small[32], *spans = spans_small;
 	const struct route *r;
-	size_t need = 0, i, size;
-	int rc = IOTR_OK;
+	size_t need = 0, i, size = 0;
+	int rc = IOTR_OK, oversized = 0;
 
 	if (!msg)
 		return IOTR_EINVAL;
@@ -346,6 +346,12 @@ int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg)
 		if (msg_set_dest(msg, cfg->unmatched_topic) ||
 		    (cfg->default_headers && route_default_headers(msg)))
 			rc = IOTR_ENOMEM;
+	} else if ((size = msg_size(msg)) > (size_t)cfg->max_message_bytes) {
+		/* Checked before the templates: the size is the first thing
+		 * wrong with it, and the dead letter should say so. */
+		msg->route = r;
+		msg->output = r->output;
+		oversized = 1;
 	} else {
 		msg->output = r->output;
 		rc = route_apply(r, msg, spans);
@@ -363,7 +369,8 @@ int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg)
 		lose(p, msg, "out of memory routing it");
 		return rc;
 	}
-	if ((size = msg_size(msg)) > (size_t)cfg->max_message_bytes) {
+	if (oversized ||
+	    (size = msg_size(msg)) > (size_t)cfg->max_message_bytes) {
 		ingest_oversized(p, msg, size);
 		return IOTR_OK;
 	}

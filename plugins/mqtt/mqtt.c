@@ -30,6 +30,12 @@
 
 #include <iotrouter/plugin.h>
 
+/* 2.0 for MOSQ_OPT_TLS_USE_OS_CERTS and for CONNECT properties that survive
+ * into an asynchronous connect (see mqtt_config_connect_properties). */
+#if !defined(LIBMOSQUITTO_MAJOR) || LIBMOSQUITTO_MAJOR < 2
+#error "the mqtt plugin needs libmosquitto 2.0 or later"
+#endif
+
 /* How long one mosquitto_loop() call may sleep: bounds how late the loop
  * thread notices a stop request or an attempt that has taken too long. */
 #define MQTT_LOOP_MS 200
@@ -129,6 +135,7 @@ struct mqtt_in {
 	const char *client_id;
 	const char *username;
 	int keepalive;
+	bool clean_session;
 	bool tls;
 	bool skip_retained;
 	int64_t reconnect_min_ms;
@@ -155,6 +162,7 @@ struct mqtt_in {
 	int64_t up_since;       /* when the current connection got its CONNACK,
 	                           0 if it has not */
 	bool session_up;        /* connected and not yet disconnected */
+	bool had_session;       /* a persistent session was set up before */
 	int fail_level;         /* log level for the current attempt's failure */
 	char fail_reason[512];  /* why the current attempt failed, "" if unknown */
 	char lib_error[256];    /* libmosquitto's last error log line */
@@ -253,11 +261,14 @@ static void mqtt_subscribe_all(struct mqtt_in *m)
 		int rc = mosquitto_subscribe_v5(m->mosq, &m->sub_mid[i],
 		                                m->topics[i], m->qos[i], 0, NULL);
 		if (rc != MOSQ_ERR_SUCCESS) {
+			char text[128];
+
 			m->sub_mid[i] = -1;
+			mqtt_copy_text(text, sizeof(text), mosquitto_strerror(rc));
 			m->host->log(m->inst, IOTR_LOG_ERROR,
 			             "cannot subscribe to \"%s\" on %s: %s; "
 			             "it is retried on the next reconnect",
-			             m->topics[i], b->name, mosquitto_strerror(rc));
+			             m->topics[i], b->name, text);
 		}
 	}
 }
@@ -278,6 +289,13 @@ static void mqtt_on_connect(struct mosquitto *mosq, void *obj, int rc,
 		             "connected to %s as \"%s\" (%s, %s)", b->name,
 		             m->client_id, mqtt_protocol_name(m->protocol),
 		             (flags & 1) ? "session resumed" : "new session");
+		if (!m->clean_session && m->had_session && !(flags & 1))
+			m->host->log(m->inst, IOTR_LOG_WARNING, "%s did not keep the "
+			             "session of \"%s\", so messages published while "
+			             "this client was away are lost; give the broker "
+			             "persistence or raise session_expiry", b->name,
+			             m->client_id);
+		m->had_session = !m->clean_session;
 		/* Subscribe even when the session was resumed: the broker may have
 		 * lost it, and subscribing again to the same filter is harmless. */
 		mqtt_subscribe_all(m);
@@ -471,9 +489,10 @@ static void mqtt_on_message(struct mosquitto *mosq, void *obj,
 	if (rc == IOTR_ESHUTDOWN) {
 		if (!m->shutdown_logged) {
 			m->shutdown_logged = true;
-			h->log(m->inst, IOTR_LOG_WARNING, "the router stopped taking "
-			       "messages: \"%s\" and any later message from %s is "
-			       "not delivered", mm->topic, m->brokers[m->cur].name);
+			h->log(m->inst, IOTR_LOG_WARNING, "the router is shutting "
+			       "down and refused a message on \"%s\" from %s (it "
+			       "counts it as lost); later refusals are not logged",
+			       mm->topic, m->brokers[m->cur].name);
 		}
 	} else if (rc != IOTR_OK && !m->emit_error_logged) {
 		m->emit_error_logged = true;
@@ -923,9 +942,12 @@ static int mqtt_config_tls(struct mqtt_in *m, bool uri_tls)
 		rc = mosquitto_int_option(m->mosq, MOSQ_OPT_TLS_USE_OS_CERTS, 1);
 	}
 	if (rc != MOSQ_ERR_SUCCESS) {
+		char text[128];
+
+		mqtt_copy_text(text, sizeof(text), mosquitto_strerror(rc));
 		h->log(m->inst, IOTR_LOG_ERROR, "TLS setup failed: %s; check "
 		       "tls_ca_file, tls_ca_path, tls_cert_file and tls_key_file",
-		       mosquitto_strerror(rc));
+		       text);
 		return IOTR_EINVAL;
 	}
 
@@ -957,8 +979,18 @@ static int mqtt_config_tls(struct mqtt_in *m, bool uri_tls)
 static int mqtt_config_connect_properties(struct mqtt_in *m, int64_t expiry)
 {
 	mosquitto_property *props = NULL;
-	int rc;
+	int major, minor, revision, rc;
 
+	/* The headers said 2.0, but 1.6 has the same soname and drops the
+	 * properties silently. */
+	mosquitto_lib_version(&major, &minor, &revision);
+	if (major < 2) {
+		m->host->log(m->inst, IOTR_LOG_ERROR, "libmosquitto %d.%d.%d cannot "
+		             "keep an MQTT 5 session; install libmosquitto 2.0 or "
+		             "later, or set protocol = \"3.1.1\"", major, minor,
+		             revision);
+		return IOTR_FAIL;
+	}
 	if (mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
 	                                 (uint32_t)expiry) != MOSQ_ERR_SUCCESS)
 		return IOTR_ENOMEM;
@@ -1028,6 +1060,7 @@ static int mqtt_create(iotr_instance *inst, const struct iotr_host *host,
 		goto fail;
 	}
 	clean_session = host->param_bool(inst, "clean_session");
+	m->clean_session = clean_session;
 	expiry = host->param_int(inst, "session_expiry");
 	m->keepalive = (int)host->param_int(inst, "keepalive");
 	m->skip_retained = host->param_bool(inst, "skip_retained");
