@@ -43,14 +43,19 @@
 #define SIM_NS_PER_MS		INT64_C(1000000)
 
 /* QoS 1/2 messages libmosquitto may have unacknowledged on the wire, per
- * connection.  The broker can lower it (MQTT 5 Receive Maximum). */
-#define SIM_INFLIGHT		100
+ * connection.  20 is the default of both libmosquitto and the mosquitto
+ * broker's max_inflight_messages: MQTT 3.1.1 cannot tell a client the
+ * broker's limit, and mosquitto answers the 21st concurrent QoS 2 message
+ * with an error and drops the connection (after which libmosquitto resends
+ * them all and it happens again).  With MQTT 5 the broker's Receive Maximum
+ * lowers it further. */
+#define SIM_INFLIGHT		20
 /* Messages handed to libmosquitto but not yet acknowledged (QoS 1/2) or
  * written to the socket (QoS 0), per connection.  libmosquitto queues
  * without limit, so this window is what keeps a fast run from filling memory;
- * it is twice the in-flight limit so that the next message is already queued
- * when an acknowledgement frees a slot. */
-#define SIM_WINDOW_QOS		(2 * SIM_INFLIGHT)
+ * it is larger than the in-flight limit so that libmosquitto has the next
+ * message at hand when an acknowledgement frees a slot. */
+#define SIM_WINDOW_QOS		200
 #define SIM_WINDOW_QOS0		1000
 /* ...and never more than this many payload bytes per connection. */
 #define SIM_WINDOW_BYTES	(64u * 1024 * 1024)
@@ -59,6 +64,7 @@
 #define SIM_STALL_TIMEOUT_S	30	/* no acknowledgement at all: give up */
 #define SIM_SIGNAL_DRAIN_S	10	/* after SIGINT/SIGTERM, wait this long */
 #define SIM_SLICE_MS		100	/* longest sleep before re-checking signals */
+#define SIM_LOSS_LOG_S		10	/* report a flapping connection this often */
 
 #define SIM_KEEPALIVE_S		60
 #define SIM_MAX_DEVICES		1000000UL
@@ -143,6 +149,7 @@ struct sim_conn {
 	uint64_t rejected;		/* MQTT 5 reason code >= 0x80 */
 	int first_reject;
 	int64_t progress_ns;		/* monotonic time of last CONNACK/ack */
+	int64_t loss_logged_ns;		/* when a lost connection was last told */
 
 	/* Main thread only (read under lock with the above). */
 	uint64_t published;		/* accepted by mosquitto_publish() */
@@ -787,7 +794,7 @@ static void sim_on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
 	/* The first CONNACK is reported by the main thread. */
 	if (!reconnect)
 		return;
-	if (rc == 0 && !s->opt.quiet)
+	if (rc == 0 && s->opt.verbose)
 		sim_log("%s reconnected to %s:%d", c->id, s->opt.host, s->opt.port);
 	else if (rc != 0)
 		sim_log("%s: %s:%d refused the reconnection: %s", c->id,
@@ -801,19 +808,29 @@ static void sim_on_disconnect(struct mosquitto *mosq, void *obj, int rc,
 {
 	struct sim_conn *c = obj;
 	struct sim *s = c->sim;
+	int64_t now = sim_now_ns(CLOCK_MONOTONIC);
+	unsigned long losses;
+	bool tell;
 
 	(void)mosq;
 	(void)props;
 	pthread_mutex_lock(&c->lock);
 	c->connected = false;
-	c->disconnects++;
+	losses = ++c->disconnects;
+	/* rc 0 is our own mosquitto_disconnect().  A connection that keeps
+	 * dropping is told about once per SIM_LOSS_LOG_S, not every time. */
+	tell = rc != 0 && !s->opt.quiet &&
+	       (s->opt.verbose || c->loss_logged_ns == 0 ||
+		now - c->loss_logged_ns >= SIM_LOSS_LOG_S * SIM_NS_PER_S);
+	if (tell)
+		c->loss_logged_ns = now;
 	pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&c->lock);
 
-	/* rc 0 is our own mosquitto_disconnect(). */
-	if (rc != 0 && !s->opt.quiet)
-		sim_log("%s lost its connection to %s:%d (%s); reconnecting",
-			c->id, s->opt.host, s->opt.port, sim_reason(rc));
+	if (tell)
+		sim_log("%s lost its connection to %s:%d (%s, %lu time%s so far); "
+			"reconnecting; the broker's log says why", c->id, s->opt.host,
+			s->opt.port, sim_reason(rc), losses, losses == 1 ? "" : "s");
 }
 
 /* For QoS 0 this runs when the message is written to the socket, for QoS 1/2

@@ -401,7 +401,7 @@ static void mqtt_on_subscribe(struct mosquitto *mosq, void *obj, int mid,
 		             "on it arrive with at most QoS %d", b->name, granted[0],
 		             m->topics[i], m->qos[i], granted[0]);
 	} else {
-		m->host->log(m->inst, IOTR_LOG_INFO, "subscribed to \"%s\" (QoS %d)",
+		m->host->log(m->inst, IOTR_LOG_NOTICE, "subscribed to \"%s\" (QoS %d)",
 		             m->topics[i], granted[0]);
 	}
 }

@@ -24,12 +24,17 @@
 #   kafka.sh stop DIR       SIGTERM, wait (bounded), then SIGKILL. Idempotent.
 #   kafka.sh status DIR     exit 0 and print the bootstrap if the broker is up.
 #
+# The broker: node 1 as broker+controller, PLAINTEXT on 127.0.0.1 only, topics
+# auto-created with 4 partitions, every internal topic at replication factor 1,
+# group.initial.rebalance.delay.ms=0, heap 512 MiB. Logs at INFO (without the
+# config dumps) in DIR/kafka.log. A fresh start takes about 2.5 s here.
+#
 # Environment:
 #   IOTR_KAFKA_HOME            jar cache dir (default: <this dir>/lib)
 #   IOTR_KAFKA_START_TIMEOUT   seconds to wait for the broker (default 90)
 #   IOTR_KAFKA_STOP_TIMEOUT    seconds to wait after SIGTERM (default 30)
 #   KAFKA_HEAP_OPTS            default "-Xms512m -Xmx512m"
-#   KAFKA_JVM_OPTS             extra JVM flags (default: G1 with short pauses)
+#   KAFKA_JVM_OPTS             JVM flags replacing the default (G1, short pauses)
 #   JAVA_HOME / JAVA           the java to run (default: java on PATH)
 #   MAVEN_ARGS                 extra arguments for mvn in fetch (e.g. -o)
 set -euo pipefail
