@@ -57,7 +57,8 @@ static void usage(FILE *out)
 "  -h, --help             print this help and exit\n"
 "\n"
 "Signals: SIGTERM and SIGINT stop intake, drain the pipeline and flush the\n"
-"outputs within router.shutdown_timeout_ms; SIGUSR1 logs the counters.\n"
+"outputs within router.shutdown_timeout_ms; SIGHUP asks plugins to reload\n"
+"their scripts; SIGUSR1 logs the counters.\n"
 "\n"
 "Exit status: 0 on a clean stop or a valid --check, 1 on a runtime error,\n"
 "2 on a usage error, 3 on an invalid configuration.\n"
@@ -257,9 +258,9 @@ static int start_kind(struct router_config *cfg, int kind)
 	for (i = 0; i < cfg->ninstances; i++) {
 		struct iotr_instance *inst = cfg->instances[i];
 
-		if (inst->kind != kind || !inst->plugin->start)
+		if (inst->kind != kind)
 			continue;
-		if (inst->plugin->start(inst->state)) {
+		if (inst->plugin->start && inst->plugin->start(inst->state)) {
 			log_error("%s '%s' (plugin %s) could not start; see the "
 			          "messages above", plugin_kind_name(kind),
 			          inst->name, inst->plugin->name);
@@ -282,6 +283,28 @@ static void destroy_kind(struct router_config *cfg, int kind)
 			inst->created = 0;
 		}
 	}
+}
+
+/* SIGHUP: let every plugin that loads files (scripts, tables) reload them. */
+static void reload_instances(struct router_config *cfg)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < cfg->ninstances; i++) {
+		struct iotr_instance *inst = cfg->instances[i];
+		const struct iotr_plugin *d = inst->plugin;
+
+		if (d->size <= offsetof(struct iotr_plugin, reload) ||
+		    !d->reload || !inst->started)
+			continue;
+		n++;
+		if (d->reload(inst->state))
+			log_error("%s '%s': reload failed; it keeps running with "
+			          "what it had (see the messages above)",
+			          plugin_kind_name(inst->kind), inst->name);
+	}
+	log_notice("SIGHUP: asked %zu plugin instance%s to reload", n,
+	           n == 1 ? "" : "s");
 }
 
 static void shutdown_router(struct router_config *cfg, struct pipeline *p)
@@ -366,7 +389,7 @@ static int run(struct router_config *cfg)
 		if (sig == SIGUSR1)
 			metrics_log(IOTR_LOG_NOTICE, "counters");
 		if (sig == SIGHUP)
-			log_notice("SIGHUP: nothing to reload in this version");
+			reload_instances(cfg);
 		if (monotonic_ms() >= next_stats) {
 			metrics_log(IOTR_LOG_INFO, "counters");
 			next_stats += cfg->stats_interval_s * 1000;

@@ -939,6 +939,10 @@ static int sim_conn_open(struct sim *s, struct sim_conn *c, unsigned long index)
 	 * (mosquitto_max_inflight_messages_set() is a wrapper for it). */
 	if (rc == MOSQ_ERR_SUCCESS)
 		rc = mosquitto_int_option(c->mosq, MOSQ_OPT_SEND_MAXIMUM, SIM_INFLIGHT);
+	/* A device sends each reading when it has it; without this, Nagle
+	 * holds small packets back and "ts" no longer says when it left. */
+	if (rc == MOSQ_ERR_SUCCESS)
+		rc = mosquitto_int_option(c->mosq, MOSQ_OPT_TCP_NODELAY, 1);
 	if (rc == MOSQ_ERR_SUCCESS && o->username)
 		rc = mosquitto_username_pw_set(c->mosq, o->username, o->password);
 	if (rc == MOSQ_ERR_SUCCESS)

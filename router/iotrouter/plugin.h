@@ -228,7 +228,9 @@ struct iotr_host {
 	 * Hand a message to the router.  The host always takes ownership, even on
 	 * error.  From an input: the message is routed and queued; emit() blocks
 	 * while the router's queues are full (this is how backpressure reaches
-	 * the source).  Messages emitted while the router stops are still taken
+	 * the source).  When emit() returns IOTR_OK the router is responsible for
+	 * the message: with the write-ahead log on it is on disk, so an input may
+	 * acknowledge its source (an MQTT PUBACK) right after.  Messages emitted while the router stops are still taken
 	 * and drained; only once the shutdown deadline has passed does emit()
 	 * return IOTR_ESHUTDOWN (the message is then counted as lost).
 	 * From a transform (during process() or tick()): the message continues
@@ -241,7 +243,7 @@ struct iotr_host {
 	 * IOTR_OK (the destination has it), IOTR_FAIL (rejected for good; reason
 	 * says why), or IOTR_ERETRY (not delivered, may be tried again).  Call
 	 * exactly once per accepted message, from any thread.  The message must
-	 * not be touched afterwards.
+	 * not be touched afterwards.  `reason` is borrowed for the call.
 	 */
 	void (*delivered)(iotr_instance *inst, iotr_msg *msg, int status,
 	                  const char *reason);
@@ -274,8 +276,9 @@ struct iotr_host {
  *
  * Lifecycle, in order, each called once per configured instance:
  *
- *   create(inst, host, &state)  parse parameters, allocate; no threads, no
- *                               network yet.  Return IOTR_OK, or an error
+ *   create(inst, host, &state)  parse parameters, check them, allocate; no
+ *                               threads, no network yet (so `iotrouter
+ *                               --check` and start-up errors stay cheap).  Return IOTR_OK, or an error
  *                               after logging why; the router then exits.
  *   start(state)                begin work: connect, start threads.
  *   ... process / deliver / tick ...
@@ -319,10 +322,13 @@ struct iotr_plugin {
 	int (*process)(void *state, iotr_msg *msg);
 
 	/*
-	 * Output: called on a worker thread.  Return IOTR_OK when the message was
+	 * Output: called on a worker thread; like process(), one key's messages
+	 * come from one worker in arrival order, so an output that keeps the
+	 * order of its calls keeps per-key order.  Return IOTR_OK when the message was
 	 * accepted (then report it with host->delivered() exactly once, now or
 	 * later), or IOTR_FAIL / IOTR_ERETRY when it was not (no delivered()
-	 * call then).  May block for backpressure while the destination's queue
+	 * call then).  After IOTR_ERETRY the host waits router.retry_backoff_ms
+	 * and calls deliver() again with the same message.  May block for backpressure while the destination's queue
 	 * is full; must give up with IOTR_ESHUTDOWN once host->stopping() returns
 	 * 2 (the shutdown deadline has passed).
 	 */
@@ -339,6 +345,14 @@ struct iotr_plugin {
 	 * with msg_new and passed to emit() go on along the chain.
 	 */
 	int (*tick)(void *state, int64_t now_us);
+
+	/*
+	 * Optional: the operator asked for a reload (SIGHUP).  Called on the main
+	 * thread while messages flow; re-read what the plugin loads from files
+	 * (scripts, tables) and switch to it between two messages, or keep the
+	 * old version and log why.  Return IOTR_OK or an error after logging.
+	 */
+	int (*reload)(void *state);
 };
 
 /* Fills the version fields of a struct iotr_plugin initialiser. */

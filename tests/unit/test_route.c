@@ -147,7 +147,7 @@ static void assert_header(const iotr_msg *msg, const char *name,
 
 /* --- filter_parse --------------------------------------------------------- */
 
-START_TEST(parse_literal_and_wildcards)
+START_TEST(parse_plain_filters)
 {
 	struct topic_filter f;
 
@@ -156,6 +156,15 @@ START_TEST(parse_literal_and_wildcards)
 	ck_assert_uint_eq(f.ncaptures, 0);
 	ck_assert_str_eq(f.mqtt, "sensors/+/temp/#");
 	ck_assert_str_eq(f.source, "sensors/+/temp/#");
+	filter_free(&f);
+	parse_ok("#", &f);
+	ck_assert_str_eq(f.mqtt, "#");
+	ck_assert_uint_eq(f.nlevels, 1);
+	filter_free(&f);
+	/* Empty levels are legal MQTT ("a//b", "/a"). */
+	parse_ok("/a//b", &f);
+	ck_assert_str_eq(f.mqtt, "/a//b");
+	ck_assert_uint_eq(f.nlevels, 4);
 	filter_free(&f);
 }
 END_TEST
@@ -177,12 +186,6 @@ START_TEST(parse_named_captures_strip_names_for_mqtt)
 	ck_assert_int_eq(filter_capture_index(&f, "rest"), 2);
 	ck_assert_int_eq(filter_capture_index(&f, "nope"), -1);
 	filter_free(&f);
-}
-END_TEST
-
-START_TEST(parse_capture_names_with_digits_and_underscore)
-{
-	struct topic_filter f;
 
 	parse_ok("a/+_x1/+Site_2", &f);
 	ck_assert_str_eq(f.captures[0], "_x1");
@@ -191,34 +194,13 @@ START_TEST(parse_capture_names_with_digits_and_underscore)
 }
 END_TEST
 
-START_TEST(parse_single_hash_and_empty_levels)
-{
-	struct topic_filter f;
-
-	parse_ok("#", &f);
-	ck_assert_str_eq(f.mqtt, "#");
-	ck_assert_uint_eq(f.nlevels, 1);
-	filter_free(&f);
-	/* Empty levels are legal MQTT ("a//b", "/a"). */
-	parse_ok("/a//b", &f);
-	ck_assert_str_eq(f.mqtt, "/a//b");
-	ck_assert_uint_eq(f.nlevels, 4);
-	filter_free(&f);
-}
-END_TEST
-
-START_TEST(parse_hash_not_last)
+START_TEST(parse_misplaced_wildcards)
 {
 	parse_fails("a/#/b");
 	ck_assert_ptr_nonnull(strstr(err, "a/#/b"));
 	ck_assert_ptr_nonnull(strstr(err, "'#' must be the last level"));
 	parse_fails("#rest/x");
 	ck_assert_ptr_nonnull(strstr(err, "'#' must be the last level"));
-}
-END_TEST
-
-START_TEST(parse_wildcard_inside_level)
-{
 	parse_fails("a+b/c");
 	ck_assert_ptr_nonnull(strstr(err, "filter 'a+b/c'"));
 	ck_assert_ptr_nonnull(strstr(err, "must stand alone in a level"));
@@ -304,11 +286,6 @@ START_TEST(match_hash_is_the_rest)
 	ck_assert_int_eq(matches("a/#", "b/c"), 0);
 	ck_assert_int_eq(matches("#", "anything/at/all"), 1);
 	ck_assert_int_eq(matches("a/+/#", "a/b/c"), 1);
-}
-END_TEST
-
-START_TEST(match_hash_includes_parent)
-{
 	/* MQTT 3.1.1 4.7.1.2: "sport/#" also matches "sport". */
 	ck_assert_int_eq(matches("a/#", "a"), 1);
 	ck_assert_int_eq(matches("a/+/#", "a/b"), 1);
@@ -349,6 +326,11 @@ START_TEST(match_captures_plus)
 	assert_capture(&f, "sensors/berlin/dev-42/temp", "device", "dev-42");
 	assert_capture(&f, "sensors//dev/temp", "site", "");
 	filter_free(&f);
+	/* unnamed wildcards take no capture slot */
+	parse_ok("a/+/+dev/#", &f);
+	ck_assert_uint_eq(f.ncaptures, 1);
+	assert_capture(&f, "a/x/y/z", "dev", "y");
+	filter_free(&f);
 }
 END_TEST
 
@@ -369,17 +351,6 @@ START_TEST(match_captures_hash)
 
 	parse_ok("#all", &f);
 	assert_capture(&f, "a/b/c", "all", "a/b/c");
-	filter_free(&f);
-}
-END_TEST
-
-START_TEST(match_unnamed_wildcards_capture_nothing)
-{
-	struct topic_filter f;
-
-	parse_ok("a/+/+dev/#", &f);
-	ck_assert_uint_eq(f.ncaptures, 1);
-	assert_capture(&f, "a/x/y/z", "dev", "y");
 	filter_free(&f);
 }
 END_TEST
@@ -413,6 +384,7 @@ START_TEST(apply_renders_topic_and_key)
 	                            "telemetry.${site}", "${site}:${device}",
 	                            0);
 	iotr_msg *msg = msg_new("sensors/berlin/dev-7/temp", "{}", 2);
+	const char *payload;
 
 	ck_assert_int_eq(route_msg(r, msg), IOTR_OK);
 	ck_assert_str_eq(msg->dest, "telemetry.berlin");
@@ -421,17 +393,12 @@ START_TEST(apply_renders_topic_and_key)
 	ck_assert_ptr_null(msg->error);
 	msg_free(msg);
 	route_delete(r);
-}
-END_TEST
 
-START_TEST(apply_renders_json_and_topic_references)
-{
-	struct route *r = route_new("route #1", "sensors/+site/#",
+	r = route_new("route #1", "sensors/+site/#",
 	                            "${topic[0]}.${json:meta.kind}",
 	                            "${json:id}", 0);
-	const char *payload = "{\"id\": 17, \"meta\": {\"kind\": \"temp\"}}";
-	iotr_msg *msg = msg_new("sensors/berlin/x", payload, strlen(payload));
-
+	payload = "{\"id\": 17, \"meta\": {\"kind\": \"temp\"}}";
+	msg = msg_new("sensors/berlin/x", payload, strlen(payload));
 	ck_assert_int_eq(route_msg(r, msg), IOTR_OK);
 	ck_assert_str_eq(msg->dest, "sensors.temp");
 	ck_assert_str_eq(msg->key, "17");
@@ -474,6 +441,18 @@ START_TEST(apply_default_headers_present)
 	ck_assert_uint_eq(msg->nheaders, 3);
 	msg_free(msg);
 	route_delete(r);
+
+	/* the route's own headers come after the default ones */
+	r = route_new("route #1", "a/+x", NULL, NULL, 1);
+	msg = msg_new("a/b", "x", 1);
+	route_add_header(r, "x", "${x}");
+	ck_assert_int_eq(route_msg(r, msg), IOTR_OK);
+	ck_assert_uint_eq(msg->nheaders, 4);
+	ck_assert_str_eq(msg->headers[0].name, "mqtt.topic");
+	ck_assert_str_eq(msg->headers[3].name, "x");
+	assert_header(msg, "x", "b");
+	msg_free(msg);
+	route_delete(r);
 }
 END_TEST
 
@@ -487,22 +466,6 @@ START_TEST(apply_default_headers_absent_when_off)
 	ck_assert_ptr_null(msg_header(msg, "mqtt.topic", NULL));
 	ck_assert_ptr_null(msg_header(msg, "mqtt.qos", NULL));
 	ck_assert_ptr_null(msg_header(msg, "received_at", NULL));
-	msg_free(msg);
-	route_delete(r);
-}
-END_TEST
-
-START_TEST(apply_default_headers_then_route_headers)
-{
-	struct route *r = route_new("route #1", "a/+x", NULL, NULL, 1);
-	iotr_msg *msg = msg_new("a/b", "x", 1);
-
-	route_add_header(r, "x", "${x}");
-	ck_assert_int_eq(route_msg(r, msg), IOTR_OK);
-	ck_assert_uint_eq(msg->nheaders, 4);
-	ck_assert_str_eq(msg->headers[0].name, "mqtt.topic");
-	ck_assert_str_eq(msg->headers[3].name, "x");
-	assert_header(msg, "x", "b");
 	msg_free(msg);
 	route_delete(r);
 }
@@ -567,12 +530,9 @@ static Suite *route_suite(void)
 	TCase *tc;
 
 	tc = tcase_create("filter_parse");
-	tcase_add_test(tc, parse_literal_and_wildcards);
+	tcase_add_test(tc, parse_plain_filters);
 	tcase_add_test(tc, parse_named_captures_strip_names_for_mqtt);
-	tcase_add_test(tc, parse_capture_names_with_digits_and_underscore);
-	tcase_add_test(tc, parse_single_hash_and_empty_levels);
-	tcase_add_test(tc, parse_hash_not_last);
-	tcase_add_test(tc, parse_wildcard_inside_level);
+	tcase_add_test(tc, parse_misplaced_wildcards);
 	tcase_add_test(tc, parse_bad_capture_name);
 	tcase_add_test(tc, parse_duplicate_capture);
 	tcase_add_test(tc, parse_reserved_capture);
@@ -583,22 +543,18 @@ static Suite *route_suite(void)
 	tcase_add_test(tc, match_exact);
 	tcase_add_test(tc, match_plus_is_one_level);
 	tcase_add_test(tc, match_hash_is_the_rest);
-	tcase_add_test(tc, match_hash_includes_parent);
 	tcase_add_test(tc, match_dollar_topics_need_literal_first_level);
 	tcase_add_test(tc, match_fewer_and_more_levels);
 	tcase_add_test(tc, match_captures_plus);
 	tcase_add_test(tc, match_captures_hash);
-	tcase_add_test(tc, match_unnamed_wildcards_capture_nothing);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("route_apply");
 	tcase_add_test(tc, apply_copies_captures_into_message);
 	tcase_add_test(tc, apply_renders_topic_and_key);
-	tcase_add_test(tc, apply_renders_json_and_topic_references);
 	tcase_add_test(tc, apply_renders_headers_in_order);
 	tcase_add_test(tc, apply_default_headers_present);
 	tcase_add_test(tc, apply_default_headers_absent_when_off);
-	tcase_add_test(tc, apply_default_headers_then_route_headers);
 	tcase_add_test(tc, apply_fails_on_missing_json_field_in_topic);
 	tcase_add_test(tc, apply_fails_on_missing_json_field_in_key);
 	tcase_add_test(tc, apply_fails_on_missing_json_field_in_header);
