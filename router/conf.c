@@ -367,6 +367,17 @@ static void read_params(struct reader *rd, const config_setting_t *group,
 		param_read(rd, s, inst, &d->params[idx], &inst->params[idx]);
 	}
 	for (i = 0; i < n; i++) {
+		int list = d->params[i].type == IOTR_PARAM_STRING_LIST ||
+			d->params[i].type == IOTR_PARAM_INT_LIST;
+
+		if (d->params[i].required && inst->params[i].set && list &&
+		    inst->params[i].count == 0)
+			cfg_error(rd->errs, rd->file, inst->params[i].line,
+			          "%s '%s': parameter '%s' is empty; it needs at "
+			          "least one value: %s",
+			          plugin_kind_name(inst->kind), inst->name,
+			          d->params[i].key, d->params[i].doc ?
+			          d->params[i].doc : "");
 		if (d->params[i].required && !inst->params[i].set)
 			ERR(rd, group, "%s '%s': plugin '%s' needs parameter '%s' "
 			    "(%s): %s", plugin_kind_name(inst->kind),
@@ -395,6 +406,7 @@ static void read_instance(struct reader *rd, const config_setting_t *g,
 	struct router_config *cfg = rd->cfg;
 	const char *name = NULL, *plugin = NULL;
 	struct iotr_instance *inst, **all;
+	const config_setting_t *s;
 	struct plugin_so *so;
 	char err[2048];
 	long long tick = 0;
@@ -426,18 +438,21 @@ static void read_instance(struct reader *rd, const config_setting_t *g,
 	}
 	if (so->desc->kind != kind) {
 		ERR(rd, config_setting_get_member(g, "plugin"), "%s '%s': "
-		    "plugin '%s' is an %s plugin; list it under %ss", 
+		    "plugin '%s' is %s %s plugin; list it under %ss",
 		    plugin_kind_name(kind), name, plugin,
+		    so->desc->kind == IOTR_PLUGIN_TRANSFORM ? "a" : "an",
 		    plugin_kind_name(so->desc->kind),
 		    plugin_kind_name(so->desc->kind));
 		return;
 	}
-	if (config_setting_lookup_int64(g, "tick_ms", &tick) &&
-	    (kind != IOTR_PLUGIN_TRANSFORM || tick < 0)) {
-		ERR(rd, config_setting_get_member(g, "tick_ms"), "%s '%s': "
-		    "tick_ms is for transforms, and must be 0 or more",
-		    plugin_kind_name(kind), name);
-		return;
+	if ((s = config_setting_get_member(g, "tick_ms"))) {
+		if (kind != IOTR_PLUGIN_TRANSFORM || !is_int(s) ||
+		    (tick = config_setting_get_int64(s)) < 0) {
+			ERR(rd, s, "%s '%s': tick_ms is for transforms, and "
+			    "must be an integer of 0 or more (milliseconds)",
+			    plugin_kind_name(kind), name);
+			return;
+		}
 	}
 	inst = calloc(1, sizeof(*inst));
 	all = realloc(cfg->instances, (cfg->ninstances + 1) * sizeof(*all));
@@ -540,6 +555,7 @@ static void read_plugin_dirs(struct reader *rd, const config_setting_t *s)
 
 struct pending_outputs {
 	const config_setting_t *dead_letter, *unmatched;
+	int dead_letter_line, unmatched_line;   /* of the *_topic keys */
 };
 
 static void read_router(struct reader *rd, const config_setting_t *g,
@@ -596,9 +612,11 @@ static void read_router(struct reader *rd, const config_setting_t *g,
 		} else if (strcmp(key, "dead_letter_topic") == 0) {
 			get_string(rd, s, "router.dead_letter_topic",
 			           &cfg->dead_letter_topic);
+			po->dead_letter_line = line_of(s);
 		} else if (strcmp(key, "unmatched_topic") == 0) {
 			get_string(rd, s, "router.unmatched_topic",
 			           &cfg->unmatched_topic);
+			po->unmatched_line = line_of(s);
 		} else if (strcmp(key, "dead_letter_output") == 0) {
 			po->dead_letter = s;
 		} else if (strcmp(key, "unmatched_output") == 0) {
@@ -615,7 +633,7 @@ static void read_router(struct reader *rd, const config_setting_t *g,
 static struct iotr_instance *side_output(struct reader *rd,
                                          const config_setting_t *s,
                                          const char *topic_key,
-                                         const char *topic)
+                                         const char *topic, int topic_line)
 {
 	char what[64];
 
@@ -633,7 +651,7 @@ static struct iotr_instance *side_output(struct reader *rd,
 	if (!topic)
 		return NULL;
 	if (!sole_output(rd->cfg))
-		cfg_error(rd->errs, rd->file, 0, "router.%s is set and there "
+		cfg_error(rd->errs, rd->file, topic_line, "router.%s is set and there "
 		          "are several outputs; name the one to use with "
 		          "router.%.*s_output", topic_key,
 		          (int)(strlen(topic_key) - strlen("_topic")),
@@ -875,7 +893,7 @@ int config_load(const char *path, char *const *extra_dirs, size_t nextra,
                 struct router_config *cfg, struct cfg_errors *errs)
 {
 	struct reader rd = { cfg, errs, path, errs->n };
-	struct pending_outputs po = { NULL, NULL };
+	struct pending_outputs po = { NULL, NULL, 0, 0 };
 	const config_setting_t *root, *s;
 	config_t lc;
 	size_t i;
@@ -952,10 +970,12 @@ int config_load(const char *path, char *const *extra_dirs, size_t nextra,
 
 	cfg->dead_letter_output = side_output(&rd, po.dead_letter,
 	                                      "dead_letter_topic",
-	                                      cfg->dead_letter_topic);
+	                                      cfg->dead_letter_topic,
+	                                      po.dead_letter_line);
 	cfg->unmatched_output = side_output(&rd, po.unmatched,
 	                                    "unmatched_topic",
-	                                    cfg->unmatched_topic);
+	                                    cfg->unmatched_topic,
+	                                    po.unmatched_line);
 
 	if ((s = config_lookup(&lc, "routes")))
 		read_routes(&rd, s);

@@ -111,8 +111,9 @@ int loader_check(const struct iotr_plugin *d, const char *path, char *err,
 		return -1;
 	}
 	if (missing) {
-		snprintf(err, errlen, "plugin '%s' (%s): an %s plugin must "
+		snprintf(err, errlen, "plugin '%s' (%s): %s %s plugin must "
 		         "define %s, and this one leaves it NULL", name, path,
+		         d->kind == IOTR_PLUGIN_TRANSFORM ? "a" : "an",
 		         plugin_kind_name(d->kind), missing);
 		return -1;
 	}

@@ -315,7 +315,7 @@ static void shutdown_router(struct router_config *cfg, struct pipeline *p)
 
 	log_notice("stopping: closing inputs, draining (deadline %lld ms)",
 	           (long long)cfg->shutdown_timeout_ms);
-	pipeline_set_stopping(p, 1);
+	pipeline_begin_stop(p, deadline);
 	for (i = 0; i < cfg->ninstances; i++) {
 		struct iotr_instance *inst = cfg->instances[i];
 
@@ -332,10 +332,9 @@ static void shutdown_router(struct router_config *cfg, struct pipeline *p)
 		          "router.lost (raise router.shutdown_timeout_ms)",
 		          (long long)cfg->shutdown_timeout_ms,
 		          (unsigned long long)left);
-		pipeline_set_stopping(p, 2);
 	}
+	pipeline_deadline_passed(p);
 	pipeline_stop_workers(p);
-	pipeline_set_stopping(p, 2);
 	for (i = 0; i < cfg->ninstances; i++) {
 		struct iotr_instance *inst = cfg->instances[i];
 

@@ -5,10 +5,12 @@
  * and not yet finished) is atomic, with drain_lock/drain_cond only to wake
  * pipeline_drain().  Config, routes and instances are read-only here.
  *
- * Every accepted message ends in exactly one of: delivered, dropped by a
- * transform, dead-lettered (then delivered to the dead-letter topic), or
- * lost (counted and logged: no dead-letter topic, or the shutdown deadline
- * passed).  Those four counters always add up to what was accepted.
+ * Every accepted message ends in exactly one of: delivered (a dead letter
+ * that reached the dead-letter topic counts here too), dropped by a
+ * transform, or lost (counted and logged: no dead-letter topic, or the
+ * shutdown deadline passed), so received = delivered + dropped + lost, plus
+ * unmatched messages when router.unmatched_topic is unset.
+ * router.dead_lettered counts the detours to the dead-letter topic.
  */
 #include "config.h"
 
@@ -48,6 +50,7 @@ struct pipeline {
 	struct worker *workers;
 	size_t nworkers;
 	atomic_int stopping;
+	_Atomic int64_t deadline_ms;    /* CLOCK_MONOTONIC, once stopping */
 	atomic_int quit;
 	atomic_uint_least64_t inflight;
 	pthread_mutex_t drain_lock;
@@ -125,7 +128,7 @@ static int queue_push(struct pipeline *p, struct queue *q, iotr_msg *msg,
 	while (!force && q->len >= q->cap) {
 		struct timespec ts;
 
-		if (atomic_load(&p->stopping) >= 2) {
+		if (pipeline_stopping(p) >= 2) {
 			pthread_mutex_unlock(&q->lock);
 			return IOTR_ESHUTDOWN;
 		}
@@ -333,6 +336,7 @@ int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg)
 			need = cfg->routes[i].filter.ncaptures;
 	if (2 * need > sizeof(spans_small) / sizeof(spans_small[0]) &&
 	    !(spans = malloc(2 * need * sizeof(*spans)))) {
+		atomic_fetch_add(&p->inflight, 1);
 		lose(p, msg, "out of memory routing it");
 		return IOTR_ENOMEM;
 	}
@@ -392,7 +396,7 @@ static void run_output(struct pipeline *p, iotr_msg *msg)
 		rc = out->plugin->deliver(out->state, msg);
 		if (rc == IOTR_OK)
 			return;   /* delivered() finishes it */
-		if (rc == IOTR_ERETRY && atomic_load(&p->stopping) < 2) {
+		if (rc == IOTR_ERETRY && pipeline_stopping(p) < 2) {
 			struct timespec ts = {
 				.tv_sec = p->cfg->retry_backoff_ms / 1000,
 				.tv_nsec = (p->cfg->retry_backoff_ms % 1000) *
@@ -573,7 +577,7 @@ void pipeline_delivered(struct iotr_instance *out, iotr_msg *msg, int status,
 		finish(p, msg, p->delivered);
 		return;
 	case IOTR_ERETRY:
-		if (atomic_load(&p->stopping) < 2 &&
+		if (pipeline_stopping(p) < 2 &&
 		    msg->retries < UINT32_MAX) {
 			msg->retries++;
 			metrics_add(p->retried, 1);
@@ -659,14 +663,30 @@ int pipeline_start(struct pipeline *p)
 	return 0;
 }
 
-void pipeline_set_stopping(struct pipeline *p, int level)
+void pipeline_begin_stop(struct pipeline *p, int64_t deadline_ms)
 {
-	atomic_store(&p->stopping, level);
+	atomic_store(&p->deadline_ms, deadline_ms);
+	atomic_store(&p->stopping, 1);
+}
+
+void pipeline_deadline_passed(struct pipeline *p)
+{
+	atomic_store(&p->stopping, 2);
 }
 
 int pipeline_stopping(const struct pipeline *p)
 {
-	return atomic_load(&((struct pipeline *)p)->stopping);
+	struct pipeline *pp = (struct pipeline *)p;
+	int level = atomic_load(&pp->stopping);
+
+	/* Past the deadline, whoever asks first moves everyone to 2, so that a
+	 * thread blocked for backpressure gives up on time even while the main
+	 * thread still waits in an input's stop(). */
+	if (level == 1 && monotonic_ms() >= atomic_load(&pp->deadline_ms)) {
+		atomic_store(&pp->stopping, 2);
+		level = 2;
+	}
+	return level;
 }
 
 uint64_t pipeline_drain(struct pipeline *p, int64_t deadline_ms)

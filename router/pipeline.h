@@ -30,8 +30,12 @@ void pipeline_delivered(struct iotr_instance *out, iotr_msg *msg, int status,
 /* Call a transform's stop() so that what it emits joins the pipeline. */
 void pipeline_stop_transform(struct pipeline *p, struct iotr_instance *t);
 
+/* Start stopping: inputs close, queues drain until deadline_ms
+ * (CLOCK_MONOTONIC). */
+void pipeline_begin_stop(struct pipeline *p, int64_t deadline_ms);
+/* Give up waiting now, as if the deadline had passed. */
+void pipeline_deadline_passed(struct pipeline *p);
 /* 0 running, 1 draining, 2 past the shutdown deadline. */
-void pipeline_set_stopping(struct pipeline *p, int level);
 int pipeline_stopping(const struct pipeline *p);
 
 /* Wait until every accepted message is finished, or the deadline

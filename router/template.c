@@ -23,7 +23,8 @@ struct segment {
 	char *text;        /* SEG_TEXT: literal; SEG_JSON: path; SEG_HEADER */
 	size_t len;
 	long index;        /* SEG_CAPTURE: capture index; SEG_LEVEL: level */
-	char **path;       /* SEG_JSON: path split at '.' */
+	char *pathbuf;     /* SEG_JSON: a copy of text, split at '.' */
+	char **path;       /* SEG_JSON: pointers into pathbuf */
 	size_t npath;
 };
 
@@ -72,7 +73,13 @@ static struct segment *template_add(struct template *t)
 static int split_path(struct segment *s, char *err, size_t errlen,
                       const char *tpl)
 {
-	char *p = s->text;
+	char *p;
+
+	/* Split a copy: text stays whole for error messages. */
+	if (!(p = s->pathbuf = strdup(s->text))) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
 
 	for (;;) {
 		char *dot = strchr(p, '.');
@@ -122,7 +129,13 @@ static int parse_ref(struct template *t, const char *ref, size_t len,
 			goto nomem;
 		return split_path(s, err, errlen, t->source);
 	}
-	if (strncmp(name, "header:", 7) == 0 && name[7]) {
+	if (strncmp(name, "header:", 7) == 0) {
+		if (!name[7]) {
+			snprintf(err, errlen, "template '%s': ${header:} needs "
+			         "a header name, as in ${header:sensor}",
+			         t->source);
+			return -1;
+		}
 		s->kind = SEG_HEADER;
 		if (!(s->text = strdup(name + 7)))
 			goto nomem;
@@ -252,6 +265,7 @@ void template_free(struct template *t)
 		return;
 	for (i = 0; i < t->nsegs; i++) {
 		free(t->segs[i].text);
+		free(t->segs[i].pathbuf);
 		free(t->segs[i].path);
 	}
 	free(t->segs);
@@ -324,7 +338,9 @@ static int render_json(const struct segment *s, iotr_msg *msg, struct buf *b,
 		return buf_add(b, json_is_true(v) ? "true" : "false",
 		               json_is_true(v) ? 4 : 5) ? IOTR_ENOMEM : IOTR_OK;
 	default: {
-		char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+		/* 15 digits: 21.3 stays 21.3, not 21.300000000000001. */
+		char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY |
+		                        JSON_REAL_PRECISION(15));
 		int rc;
 
 		if (!text)

@@ -67,6 +67,9 @@
 #define SIM_LOSS_LOG_S		10	/* report a flapping connection this often */
 
 #define SIM_KEEPALIVE_S		60
+/* MQTT 5 session expiry for QoS 2 runs: long enough to ride out a broker
+ * restart, short enough that a killed simulator's session goes away. */
+#define SIM_SESSION_EXPIRY_S	300
 #define SIM_MAX_DEVICES		1000000UL
 #define SIM_MAX_CONNECTIONS	1000UL
 #define SIM_MAX_RATE		10000000.0
@@ -148,6 +151,7 @@ struct sim_conn {
 	uint64_t acked;			/* completed with success */
 	uint64_t rejected;		/* MQTT 5 reason code >= 0x80 */
 	int first_reject;
+	unsigned long sessions_lost;	/* reconnects without our session */
 	int64_t progress_ns;		/* monotonic time of last CONNACK/ack */
 	int64_t loss_logged_ns;		/* when a lost connection was last told */
 
@@ -163,6 +167,7 @@ struct sim {
 	struct sim_conn *conns;
 	unsigned long nconns;		/* created, for cleanup */
 	uint64_t window;
+	bool persistent;		/* keep the broker session: QoS 2 */
 	char *topic;			/* SIM_TOPIC_MAX + 1 */
 	char *payload;			/* payload_max */
 	size_t payload_max;
@@ -777,10 +782,9 @@ static void sim_on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
 {
 	struct sim_conn *c = obj;
 	struct sim *s = c->sim;
-	bool reconnect;
+	bool reconnect, session_lost;
 
 	(void)mosq;
-	(void)flags;
 	(void)props;
 	pthread_mutex_lock(&c->lock);
 	reconnect = c->connack >= 0;
@@ -788,13 +792,23 @@ static void sim_on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
 	c->connected = rc == 0;
 	if (rc == 0)
 		c->progress_ns = sim_now_ns(CLOCK_MONOTONIC);
+	/* A QoS 2 message the broker has PUBREC'd lives only in our session
+	 * there; a broker that comes back without it has lost them. */
+	session_lost = reconnect && rc == 0 && s->persistent && !(flags & 1);
+	if (session_lost)
+		c->sessions_lost++;
 	pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&c->lock);
 
 	/* The first CONNACK is reported by the main thread. */
 	if (!reconnect)
 		return;
-	if (rc == 0 && s->opt.verbose)
+	if (session_lost)
+		sim_log("%s reconnected to %s:%d, which no longer has its session: "
+			"QoS 2 messages in flight at the disconnect may be lost "
+			"(enable persistence on the broker)", c->id, s->opt.host,
+			s->opt.port);
+	else if (rc == 0 && s->opt.verbose)
 		sim_log("%s reconnected to %s:%d", c->id, s->opt.host, s->opt.port);
 	else if (rc != 0)
 		sim_log("%s: %s:%d refused the reconnection: %s", c->id,
@@ -845,10 +859,9 @@ static void sim_on_publish(struct mosquitto *mosq, void *obj, int mid, int rc,
 	(void)props;
 	pthread_mutex_lock(&c->lock);
 	c->completed++;
-	/* "Packet identifier not found" on a PUBCOMP means a PUBREL was resent
-	 * after a reconnect to a clean session: the broker had already taken
-	 * the message with its PUBREC, so it was delivered. */
-	if (rc >= 0x80 && rc != MQTT_RC_PACKET_ID_NOT_FOUND) {
+	/* This includes "packet identifier not found" on a PUBCOMP: the
+	 * broker forgot a QoS 2 message it had PUBREC'd, so it is lost. */
+	if (rc >= 0x80) {
 		if (c->rejected++ == 0)
 			c->first_reject = rc;
 	} else {
@@ -899,6 +912,96 @@ static void sim_conn_error(struct sim *s, struct sim_conn *c, const char *what,
 	}
 }
 
+/* A client for @id with our options and no callbacks; NULL after telling
+ * why.  @userdata is handed to the callbacks. */
+static struct mosquitto *sim_client_new(struct sim *s, const char *id,
+					bool clean, void *userdata)
+{
+	const struct sim_opts *o = &s->opt;
+	struct mosquitto *mosq;
+	int rc;
+
+	mosq = mosquitto_new(id, clean, userdata);
+	if (!mosq) {
+		sim_log("%s: cannot create an MQTT client: %s", id, strerror(errno));
+		return NULL;
+	}
+	rc = mosquitto_int_option(mosq, MOSQ_OPT_PROTOCOL_VERSION, o->protocol);
+	/* SEND_MAXIMUM also governs MQTT 3.1.1 in libmosquitto 2.0
+	 * (mosquitto_max_inflight_messages_set() is a wrapper for it). */
+	if (rc == MOSQ_ERR_SUCCESS)
+		rc = mosquitto_int_option(mosq, MOSQ_OPT_SEND_MAXIMUM, SIM_INFLIGHT);
+	/* A device sends each reading when it has it; without this, Nagle
+	 * holds small packets back and "ts" no longer says when it left. */
+	if (rc == MOSQ_ERR_SUCCESS)
+		rc = mosquitto_int_option(mosq, MOSQ_OPT_TCP_NODELAY, 1);
+	if (rc == MOSQ_ERR_SUCCESS && o->username)
+		rc = mosquitto_username_pw_set(mosq, o->username, o->password);
+	if (rc == MOSQ_ERR_SUCCESS)
+		rc = mosquitto_reconnect_delay_set(mosq, 1, 8, true);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		sim_log("%s: cannot set up the MQTT client: %s", id,
+			mosquitto_strerror(rc));
+		mosquitto_destroy(mosq);
+		return NULL;
+	}
+	return mosq;
+}
+
+static void sim_on_wipe_connect(struct mosquitto *mosq, void *obj, int rc)
+{
+	(void)mosq;
+	*(int *)obj = rc;
+}
+
+/* End @c's session on the broker, if it has one: connecting with a clean
+ * session discards the old session, and a clean session ends when it
+ * disconnects.  Waiting for the CONNACK makes sure the broker is done with
+ * it before the next connection with this id.  Returns 0 or -1 after
+ * putting the reason in @why. */
+static int sim_session_wipe(struct sim *s, struct sim_conn *c, char *why,
+			    size_t whysize)
+{
+	const struct sim_opts *o = &s->opt;
+	int64_t deadline = sim_now_ns(CLOCK_MONOTONIC) +
+			   SIM_CONNACK_TIMEOUT_S * SIM_NS_PER_S;
+	struct mosquitto *mosq;
+	int connack = -1;
+	int rc;
+
+	mosq = sim_client_new(s, c->id, true, &connack);
+	if (!mosq) {
+		snprintf(why, whysize, "no client");
+		return -1;
+	}
+	mosquitto_connect_callback_set(mosq, sim_on_wipe_connect);
+	rc = mosquitto_connect(mosq, o->host, o->port, SIM_KEEPALIVE_S);
+	if (rc == MOSQ_ERR_ERRNO)
+		snprintf(why, whysize, "%s", strerror(errno));
+	else if (rc != MOSQ_ERR_SUCCESS)
+		snprintf(why, whysize, "%s", mosquitto_strerror(rc));
+	while (rc == MOSQ_ERR_SUCCESS && connack < 0 && sim_signals < 2 &&
+	       sim_now_ns(CLOCK_MONOTONIC) < deadline) {
+		rc = mosquitto_loop(mosq, SIM_SLICE_MS, 1);
+		if (rc != MOSQ_ERR_SUCCESS)
+			snprintf(why, whysize, "%s", mosquitto_strerror(rc));
+	}
+	if (rc == MOSQ_ERR_SUCCESS && connack != 0) {
+		snprintf(why, whysize, "%s", connack < 0 ? "no CONNACK" :
+			 o->protocol == MQTT_PROTOCOL_V5 ?
+			 mosquitto_reason_string(connack) :
+			 mosquitto_connack_string(connack));
+		rc = MOSQ_ERR_CONN_REFUSED;
+	}
+	if (rc == MOSQ_ERR_SUCCESS) {
+		rc = mosquitto_disconnect(mosq);
+		if (rc != MOSQ_ERR_SUCCESS)
+			snprintf(why, whysize, "%s", mosquitto_strerror(rc));
+	}
+	mosquitto_destroy(mosq);
+	return rc == MOSQ_ERR_SUCCESS ? 0 : -1;
+}
+
 static int sim_conn_open(struct sim *s, struct sim_conn *c, unsigned long index)
 {
 	const struct sim_opts *o = &s->opt;
@@ -929,36 +1032,41 @@ static int sim_conn_open(struct sim *s, struct sim_conn *c, unsigned long index)
 	}
 	s->nconns = index + 1;
 
-	c->mosq = mosquitto_new(c->id, true, c);
-	if (!c->mosq) {
-		sim_log("%s: cannot create an MQTT client: %s", c->id, strerror(errno));
-		return -1;
+	/* QoS 2 needs a session that survives a reconnect: a message the
+	 * broker has PUBREC'd but not yet had PUBREL for is only in it, and a
+	 * clean session would throw it away.  QoS 0 and 1 don't need one (QoS
+	 * 1 is simply sent again), and then leave nothing behind.  A session
+	 * of an earlier run with this id (same pid) must not be resumed, so
+	 * end it first; if that fails, the connect below says why. */
+	if (s->persistent) {
+		char why[256];
+
+		if (sim_session_wipe(s, c, why, sizeof(why)) != 0 && o->verbose)
+			sim_log("%s: could not clear an old session: %s", c->id, why);
 	}
-	rc = mosquitto_int_option(c->mosq, MOSQ_OPT_PROTOCOL_VERSION, o->protocol);
-	/* SEND_MAXIMUM also governs MQTT 3.1.1 in libmosquitto 2.0
-	 * (mosquitto_max_inflight_messages_set() is a wrapper for it). */
-	if (rc == MOSQ_ERR_SUCCESS)
-		rc = mosquitto_int_option(c->mosq, MOSQ_OPT_SEND_MAXIMUM, SIM_INFLIGHT);
-	/* A device sends each reading when it has it; without this, Nagle
-	 * holds small packets back and "ts" no longer says when it left. */
-	if (rc == MOSQ_ERR_SUCCESS)
-		rc = mosquitto_int_option(c->mosq, MOSQ_OPT_TCP_NODELAY, 1);
-	if (rc == MOSQ_ERR_SUCCESS && o->username)
-		rc = mosquitto_username_pw_set(c->mosq, o->username, o->password);
-	if (rc == MOSQ_ERR_SUCCESS)
-		rc = mosquitto_reconnect_delay_set(c->mosq, 1, 8, true);
-	if (rc != MOSQ_ERR_SUCCESS) {
-		sim_log("%s: cannot set up the MQTT client: %s", c->id,
-			mosquitto_strerror(rc));
+	c->mosq = sim_client_new(s, c->id, !s->persistent, c);
+	if (!c->mosq)
 		return -1;
-	}
 	/* The v5 callbacks are called for every protocol version, and only
 	 * they hear about an MQTT 5 PUBREC that refuses a QoS 2 message. */
 	mosquitto_connect_v5_callback_set(c->mosq, sim_on_connect);
 	mosquitto_disconnect_v5_callback_set(c->mosq, sim_on_disconnect);
 	mosquitto_publish_v5_callback_set(c->mosq, sim_on_publish);
 
-	rc = mosquitto_connect(c->mosq, o->host, o->port, SIM_KEEPALIVE_S);
+	if (s->persistent && o->protocol == MQTT_PROTOCOL_V5) {
+		/* An MQTT 5 session ends with the connection unless it asks for
+		 * an expiry; libmosquitto keeps the property for reconnects. */
+		mosquitto_property *props = NULL;
+
+		rc = mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
+						  SIM_SESSION_EXPIRY_S);
+		if (rc == MOSQ_ERR_SUCCESS)
+			rc = mosquitto_connect_bind_v5(c->mosq, o->host, o->port,
+						       SIM_KEEPALIVE_S, NULL, props);
+		mosquitto_property_free_all(&props);
+	} else {
+		rc = mosquitto_connect(c->mosq, o->host, o->port, SIM_KEEPALIVE_S);
+	}
 	if (rc != MOSQ_ERR_SUCCESS) {
 		sim_conn_error(s, c, "cannot connect to", rc);
 		return -1;
@@ -1185,6 +1293,15 @@ static void sim_conns_close(struct sim *s)
 		}
 		if (c->mosq)
 			mosquitto_destroy(c->mosq);
+		/* Leave no session behind; MQTT 3.1.1 ones never expire. */
+		if (s->persistent && c->connack >= 0) {
+			char why[256];
+
+			if (sim_session_wipe(s, c, why, sizeof(why)) != 0 && !s->opt.quiet)
+				sim_log("%s: could not end its session on %s:%d (%s); "
+					"the broker keeps it until it expires", c->id,
+					s->opt.host, s->opt.port, why);
+		}
 		pthread_cond_destroy(&c->cond);
 		pthread_mutex_destroy(&c->lock);
 	}
@@ -1195,6 +1312,7 @@ static void sim_conns_close(struct sim *s)
 
 struct sim_totals {
 	uint64_t published, acked, rejected, lost, outstanding;
+	unsigned long sessions_lost;
 	int first_reject;
 };
 
@@ -1212,6 +1330,7 @@ static void sim_totals(struct sim *s, struct sim_totals *t)
 		t->rejected += c->rejected;
 		t->lost += c->lost;
 		t->outstanding += sim_conn_outstanding(c);
+		t->sessions_lost += c->sessions_lost;
 		if (!t->first_reject)
 			t->first_reject = c->first_reject;
 		pthread_mutex_unlock(&c->lock);
@@ -1351,6 +1470,7 @@ int main(int argc, char **argv)
 	if (s->rng == 0)
 		s->rng = 1;
 
+	s->persistent = o->qos == 2;
 	s->window = o->qos ? SIM_WINDOW_QOS : SIM_WINDOW_QOS0;
 	if (o->size > 0 && s->window > SIM_WINDOW_BYTES / o->size)
 		s->window = SIM_WINDOW_BYTES / o->size > 0 ? SIM_WINDOW_BYTES / o->size : 1;
@@ -1406,6 +1526,9 @@ int main(int argc, char **argv)
 	if (o->count > 0 && t.published != o->count)
 		ok = false;
 	if (o->qos > 0 && t.acked != t.published)
+		ok = false;
+	/* Acknowledged or not, we can't vouch for those messages. */
+	if (t.sessions_lost > 0)
 		ok = false;
 
 	if (t.rejected > 0)

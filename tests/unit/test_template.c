@@ -217,6 +217,9 @@ START_TEST(ref_json_numbers)
 	assert_renders("${json:n}", "-7");
 	assert_renders("${json:big}", "9007199254740993");
 	assert_renders("${json:r}", "21.5");
+	/* Decimal readings keep the digits a device sent, not 17 of them. */
+	use_msg("a", "{\"t\": 21.3, \"p\": 0.1}");
+	assert_renders("dev-${json:t}-${json:p}", "dev-21.3-0.1");
 }
 END_TEST
 
@@ -285,6 +288,7 @@ START_TEST(parse_malformed_references)
 	assert_parse_fails("${json:}", "empty field name in ${json:...}");
 	assert_parse_fails("${json:a..b}", "empty field name");
 	assert_parse_fails("${json:a.}", "empty field name");
+	assert_parse_fails("${header:}", "${header:} needs a header name");
 }
 END_TEST
 
