@@ -272,3 +272,162 @@ size_t msg_size(const iotr_msg *msg)
 		n += strlen(msg->headers[i].name) + msg->headers[i].len;
 	return n;
 }
+
+/*
+ * The record a message becomes in the write-ahead log: what its input
+ * handed over, before any route touched it, so that a replay routes it again
+ * under the config of the day.  Little-endian, lengths before bytes:
+ *
+ *   u8 version (1), u8 qos, u8 retain, u8 0, i64 time_us,
+ *   u16+bytes source instance, u32+bytes topic, u32+bytes payload,
+ *   u32 header count, then per header u16+bytes name, u32+bytes value
+ */
+#define MSG_RECORD_VERSION 1
+
+static int put(struct msg_buf *b, const void *data, size_t len)
+{
+	if (b->len + len > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+		char *p;
+
+		while (cap < b->len + len)
+			cap *= 2;
+		if (!(p = realloc(b->data, cap)))
+			return -1;
+		b->data = p;
+		b->cap = cap;
+	}
+	memcpy(b->data + b->len, data, len);
+	b->len += len;
+	return 0;
+}
+
+static int put_u(struct msg_buf *b, uint64_t v, int bytes)
+{
+	unsigned char le[8];
+	int i;
+
+	for (i = 0; i < bytes; i++)
+		le[i] = (unsigned char)(v >> (8 * i));
+	return put(b, le, (size_t)bytes);
+}
+
+static int put_bytes(struct msg_buf *b, const void *data, size_t len,
+                     int lenbytes)
+{
+	if (lenbytes == 2 && len > UINT16_MAX)
+		len = UINT16_MAX;
+	if (len > UINT32_MAX)
+		return -1;
+	return put_u(b, len, lenbytes) || put(b, data, len);
+}
+
+int msg_encode(const iotr_msg *msg, const char *source, struct msg_buf *b)
+{
+	unsigned char head[4] = { MSG_RECORD_VERSION, (unsigned char)msg->qos,
+	                          (unsigned char)msg->retain, 0 };
+	size_t i;
+
+	b->len = 0;
+	if (!source)
+		source = "";
+	if (put(b, head, 4) || put_u(b, (uint64_t)msg->time_us, 8) ||
+	    put_bytes(b, source, strlen(source), 2) ||
+	    put_bytes(b, msg->topic, strlen(msg->topic), 4) ||
+	    put_bytes(b, msg->payload, msg->payload_len, 4) ||
+	    put_u(b, msg->nheaders, 4))
+		return IOTR_ENOMEM;
+	for (i = 0; i < msg->nheaders; i++)
+		if (put_bytes(b, msg->headers[i].name,
+		              strlen(msg->headers[i].name), 2) ||
+		    put_bytes(b, msg->headers[i].value, msg->headers[i].len, 4))
+			return IOTR_ENOMEM;
+	return IOTR_OK;
+}
+
+struct reader {
+	const unsigned char *p, *end;
+};
+
+static int get_u(struct reader *r, int bytes, uint64_t *v)
+{
+	int i;
+
+	if (r->end - r->p < bytes)
+		return -1;
+	*v = 0;
+	for (i = 0; i < bytes; i++)
+		*v |= (uint64_t)r->p[i] << (8 * i);
+	r->p += bytes;
+	return 0;
+}
+
+static int get_bytes(struct reader *r, int lenbytes, const void **data,
+                     size_t *len)
+{
+	uint64_t n;
+
+	if (get_u(r, lenbytes, &n) || (uint64_t)(r->end - r->p) < n)
+		return -1;
+	*data = r->p;
+	*len = (size_t)n;
+	r->p += n;
+	return 0;
+}
+
+iotr_msg *msg_decode(const void *data, size_t len, char *source,
+                     size_t sourcelen)
+{
+	struct reader r = { data, (const unsigned char *)data + len };
+	const void *topic, *payload, *src, *name, *value;
+	size_t topic_len, payload_len, src_len, name_len, value_len;
+	uint64_t time_us, n, i;
+	char *topic_z;
+	iotr_msg *msg;
+
+	if (len < 12 || r.p[0] != MSG_RECORD_VERSION || r.p[1] > 2 ||
+	    r.p[2] > 1)
+		return NULL;
+	r.p += 4;
+	if (get_u(&r, 8, &time_us) || get_bytes(&r, 2, &src, &src_len) ||
+	    get_bytes(&r, 4, &topic, &topic_len) ||
+	    get_bytes(&r, 4, &payload, &payload_len) || get_u(&r, 4, &n))
+		return NULL;
+	if (memchr(topic, '\0', topic_len) || !(topic_z = malloc(topic_len + 1)))
+		return NULL;
+	memcpy(topic_z, topic, topic_len);
+	topic_z[topic_len] = '\0';
+	msg = msg_new(topic_z, payload, payload_len);
+	free(topic_z);
+	if (!msg)
+		return NULL;
+	msg->qos = ((const unsigned char *)data)[1];
+	msg->retain = ((const unsigned char *)data)[2];
+	msg->time_us = (int64_t)time_us;
+	for (i = 0; i < n; i++) {
+		char *hname;
+		int rc;
+
+		if (get_bytes(&r, 2, &name, &name_len) ||
+		    get_bytes(&r, 4, &value, &value_len) ||
+		    memchr(name, '\0', name_len) ||
+		    !(hname = strndup(name, name_len)))
+			goto bad;
+		rc = msg_add_header(msg, hname, value, value_len);
+		free(hname);
+		if (rc)
+			goto bad;
+	}
+	if (r.p != r.end)
+		goto bad;
+	if (source && sourcelen) {
+		size_t k = src_len < sourcelen - 1 ? src_len : sourcelen - 1;
+
+		memcpy(source, src, k);
+		source[k] = '\0';
+	}
+	return msg;
+bad:
+	msg_free(msg);
+	return NULL;
+}

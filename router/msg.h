@@ -49,6 +49,7 @@ struct iotr_msg {
 	unsigned retries;       /* redeliveries after IOTR_ERETRY */
 	json_t *json;           /* payload parsed on first ${json:...}, or NULL */
 	int json_state;         /* 0 not parsed, 1 parsed, -1 not JSON */
+	uint64_t wal_id;        /* its record in the write-ahead log, or 0 */
 	struct iotr_msg *next;  /* queue link */
 };
 
@@ -75,5 +76,23 @@ json_t *msg_json(iotr_msg *msg);
 size_t msg_size(const iotr_msg *msg);
 
 int64_t msg_now_us(void);
+
+/* A growable byte buffer for encoded records. */
+struct msg_buf {
+	char *data;
+	size_t len, cap;
+};
+
+/*
+ * The message as its input handed it over (topic, payload, QoS, retain,
+ * time, headers) and the name of that input, as one record for the
+ * write-ahead log, written into b (reused across calls; free b->data when
+ * done).  Returns IOTR_OK or IOTR_ENOMEM.
+ */
+int msg_encode(const iotr_msg *msg, const char *source, struct msg_buf *b);
+/* The message back from a record, and its input's name in source (may be
+ * NULL); NULL if the record is not a valid one. */
+iotr_msg *msg_decode(const void *data, size_t len, char *source,
+                     size_t sourcelen);
 
 #endif
