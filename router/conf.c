@@ -28,6 +28,10 @@
 #define DEFAULT_MAX_MESSAGE_BYTES 1048576
 #define DEFAULT_STATS_INTERVAL_S 60
 #define DEFAULT_RETRY_BACKOFF_MS 500
+#define DEFAULT_WAL_SEGMENT_BYTES (64LL << 20)
+#define DEFAULT_WAL_MAX_BYTES (1LL << 30)
+#define DEFAULT_WAL_SYNC_INTERVAL_MS 100
+#define DEFAULT_WAL_SYNC_EVERY 1000
 
 void cfg_error(struct cfg_errors *e, const char *file, int line,
                const char *fmt, ...)
@@ -617,6 +621,48 @@ static void read_router(struct reader *rd, const config_setting_t *g,
 			get_string(rd, s, "router.unmatched_topic",
 			           &cfg->unmatched_topic);
 			po->unmatched_line = line_of(s);
+		} else if (strcmp(key, "wal_dir") == 0) {
+			get_string(rd, s, "router.wal_dir", &cfg->wal_dir);
+		} else if (strcmp(key, "wal_segment_bytes") == 0) {
+			get_int(rd, s, "router.wal_segment_bytes", 4096,
+			        INT64_C(1) << 40, &cfg->wal_segment_bytes);
+		} else if (strcmp(key, "wal_max_bytes") == 0) {
+			get_int(rd, s, "router.wal_max_bytes", 65536,
+			        INT64_C(1) << 50, &cfg->wal_max_bytes);
+		} else if (strcmp(key, "wal_sync") == 0) {
+			if (get_string(rd, s, "router.wal_sync", &str) == 0) {
+				if (strcmp(str, "write") == 0)
+					cfg->wal_fdatasync = 0;
+				else if (strcmp(str, "fdatasync") == 0)
+					cfg->wal_fdatasync = 1;
+				else
+					ERR(rd, s, "router.wal_sync '%s' is not a "
+					    "mode; use \"write\" (survives a crash "
+					    "of the router) or \"fdatasync\" "
+					    "(also survives power loss)", str);
+			}
+			free(str);
+		} else if (strcmp(key, "wal_sync_interval_ms") == 0) {
+			get_int(rd, s, "router.wal_sync_interval_ms", 1, 60000,
+			        &cfg->wal_sync_interval_ms);
+		} else if (strcmp(key, "wal_sync_every") == 0) {
+			get_int(rd, s, "router.wal_sync_every", 1, 100000000,
+			        &cfg->wal_sync_every);
+		} else if (strcmp(key, "wal_full_policy") == 0) {
+			if (get_string(rd, s, "router.wal_full_policy",
+			               &str) == 0) {
+				if (strcmp(str, "block") == 0)
+					cfg->wal_drop_oldest = 0;
+				else if (strcmp(str, "drop_oldest") == 0)
+					cfg->wal_drop_oldest = 1;
+				else
+					ERR(rd, s, "router.wal_full_policy '%s' "
+					    "is not a policy; use \"block\" (stop "
+					    "reading from the inputs) or "
+					    "\"drop_oldest\" (discard the oldest "
+					    "segment, counted)", str);
+			}
+			free(str);
 		} else if (strcmp(key, "dead_letter_output") == 0) {
 			po->dead_letter = s;
 		} else if (strcmp(key, "unmatched_output") == 0) {
@@ -908,6 +954,10 @@ int config_load(const char *path, char *const *extra_dirs, size_t nextra,
 	cfg->stats_interval_s = DEFAULT_STATS_INTERVAL_S;
 	cfg->retry_backoff_ms = DEFAULT_RETRY_BACKOFF_MS;
 	cfg->default_headers = 1;
+	cfg->wal_segment_bytes = DEFAULT_WAL_SEGMENT_BYTES;
+	cfg->wal_max_bytes = DEFAULT_WAL_MAX_BYTES;
+	cfg->wal_sync_interval_ms = DEFAULT_WAL_SYNC_INTERVAL_MS;
+	cfg->wal_sync_every = DEFAULT_WAL_SYNC_EVERY;
 	if (!(cfg->file = strdup(path))) {
 		cfg_error(errs, path, 0, "out of memory");
 		return -1;
@@ -1001,6 +1051,7 @@ void config_free(struct router_config *cfg)
 	free(cfg->dead_letter_topic);
 	free(cfg->unmatched_topic);
 	free(cfg->syslog_ident);
+	free(cfg->wal_dir);
 	free(cfg->file);
 	memset(cfg, 0, sizeof(*cfg));
 }

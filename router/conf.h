@@ -38,6 +38,14 @@ struct router_config {
 	struct iotr_instance *dead_letter_output;
 	char *unmatched_topic;      /* NULL: unmatched messages are counted */
 	struct iotr_instance *unmatched_output;
+	/* The write-ahead log; wal_dir NULL: off. */
+	char *wal_dir;
+	int64_t wal_segment_bytes;
+	int64_t wal_max_bytes;
+	int wal_fdatasync;          /* 0: write(2) only; 1: also fdatasync */
+	int64_t wal_sync_interval_ms;
+	int64_t wal_sync_every;
+	int wal_drop_oldest;        /* when full: 0 block intake, 1 drop oldest */
 	struct iotr_instance **instances; /* inputs, transforms, outputs */
 	size_t ninstances;
 	struct route *routes;

@@ -401,6 +401,9 @@ out:
 	if (metrics_get("router.lost"))
 		log_error("%llu messages were lost; see the errors above",
 		          (unsigned long long)metrics_get("router.lost"));
+	if (metrics_get("router.deferred") || metrics_get("router.wal_spilled"))
+		log_notice("undelivered messages wait in the write-ahead log "
+		           "and are sent after the next start");
 	destroy_kind(cfg, IOTR_PLUGIN_INPUT);
 	destroy_kind(cfg, IOTR_PLUGIN_TRANSFORM);
 	destroy_kind(cfg, IOTR_PLUGIN_OUTPUT);

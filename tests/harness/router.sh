@@ -116,3 +116,39 @@ check_order() {
 	}
 	END { exit bad }' "$1"
 }
+
+# seq_report SENT FILE: FILE holds the payloads read back from Kafka (one
+# per line, from iotrouter-sim).  Prints "sent=N delivered=N missing=N
+# duplicates=N", where delivered counts distinct (device, seq) pairs, and
+# sets MISSING and DUPLICATES.  SENT is what the publisher had acknowledged.
+seq_report() {
+	local sent=$1 file=$2 line
+	line=$(awk -v sent="$sent" '
+	match($0, /"device":"[^"]*"/) {
+		d = substr($0, RSTART + 10, RLENGTH - 11)
+		if (!match($0, /"seq":[0-9]+/))
+			next
+		k = d " " substr($0, RSTART + 6, RLENGTH - 6)
+		total++
+		if (seen[k]++)
+			dups++
+		else
+			distinct++
+	}
+	END {
+		printf "sent=%d delivered=%d missing=%d duplicates=%d\n",
+		       sent, distinct, sent - distinct, dups
+	}' "$file")
+	echo "$line"
+	MISSING=$(sed -E 's/.*missing=(-?[0-9]+).*/\1/' <<<"$line")
+	DUPLICATES=$(sed -E 's/.*duplicates=([0-9]+).*/\1/' <<<"$line")
+}
+
+# kafka_payloads BOOTSTRAP TOPIC...: every record's payload, one per line.
+kafka_payloads() {
+	local b=$1 t
+	shift
+	for t in "$@"; do
+		kcat -C -b "$b" -t "$t" -o beginning -e -q -m 20 -f '%s\n' 2>/dev/null
+	done
+}
