@@ -14,10 +14,10 @@
 #define _GNU_SOURCE
 #endif
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -76,6 +76,7 @@
 #define SIM_MAX_DURATION_S	(10.0 * 365 * 24 * 3600)
 #define SIM_MAX_SIZE		(100UL * 1024 * 1024)
 #define SIM_NAME_MAX		64	/* device name, with its NUL */
+#define SIM_ID_PREFIX_MAX	64	/* leaves room for -PID-K in 128 bytes */
 #define SIM_NAME_JSON_MAX	(6 * SIM_NAME_MAX) /* worst case: all \u00XX */
 #define SIM_TOPIC_MAX		65535	/* MQTT's limit on a topic's length */
 #define SIM_PAYLOAD_BASE_MAX	(1024 + SIM_NAME_JSON_MAX)
@@ -146,13 +147,17 @@ struct sim_conn {
 	/* Guarded by lock, written by the network thread. */
 	int connack;			/* -1 until the first CONNACK */
 	bool connected;
+	bool was_connected;		/* accepted by the broker once */
 	unsigned long disconnects;
 	uint64_t completed;		/* acks (QoS 1/2) or writes (QoS 0) */
 	uint64_t acked;			/* completed with success */
 	uint64_t rejected;		/* MQTT 5 reason code >= 0x80 */
 	int first_reject;
 	unsigned long sessions_lost;	/* reconnects without our session */
-	int64_t progress_ns;		/* monotonic time of last CONNACK/ack */
+	/* Monotonic time of the last acknowledgement.  A CONNACK does not
+	 * count: a broker that drops us for every message would otherwise
+	 * keep the run going forever. */
+	int64_t progress_ns;
 	int64_t loss_logged_ns;		/* when a lost connection was last told */
 
 	/* Main thread only (read under lock with the above). */
@@ -313,10 +318,10 @@ static uint64_t sim_parse_u64(const char *opt, const char *arg,
 	unsigned long long v;
 	char *end;
 
-	/* strtoull() would take "-1" as a huge number; a count is never signed. */
+	/* strtoull() would take " -1" as a huge number; insist on digits. */
 	errno = 0;
 	v = strtoull(arg, &end, 10);
-	if (arg[0] == '\0' || arg[0] == '-' || arg[0] == '+' || *end != '\0' ||
+	if (!isdigit((unsigned char)arg[0]) || *end != '\0' ||
 	    errno == ERANGE || v < min || v > max)
 		sim_usage_error("%s: '%s' is not a whole number from %" PRIu64
 				" to %" PRIu64, opt, arg, min, max);
@@ -518,6 +523,10 @@ static void sim_parse_args(struct sim_opts *o, int argc, char **argv)
 			o->port = (int)sim_parse_u64("--port", optarg, 1, 65535);
 			break;
 		case 'i':
+			if (strlen(optarg) > SIM_ID_PREFIX_MAX ||
+			    mosquitto_validate_utf8(optarg, (int)strlen(optarg)) != MOSQ_ERR_SUCCESS)
+				sim_usage_error("--id-prefix: '%s' is not valid UTF-8 of at most "
+						"%d bytes", optarg, SIM_ID_PREFIX_MAX);
 			o->id_prefix = optarg;
 			break;
 		case 'd':
@@ -591,6 +600,9 @@ static void sim_parse_args(struct sim_opts *o, int argc, char **argv)
 			sim_help();
 			exit(SIM_EXIT_OK);
 		case ':':
+			if (optopt == 'h')
+				sim_usage_error("option '-h' is --host and needs a value; "
+						"--help prints the options");
 			sim_usage_error("option '%s' needs a value", argv[optind - 1]);
 		case '?':
 		default:
@@ -768,6 +780,47 @@ static size_t sim_payload_build(struct sim *s, const struct sim_device *d, size_
 
 /* ---- connections ------------------------------------------------------ */
 
+static int sim_signals_setup(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	/* No SA_RESTART: a signal should cut clock_nanosleep() short. */
+	sa.sa_handler = sim_on_signal;
+	if (sigemptyset(&sa.sa_mask) != 0 ||
+	    sigaction(SIGINT, &sa, NULL) != 0 ||
+	    sigaction(SIGTERM, &sa, NULL) != 0) {
+		sim_log("cannot install the SIGINT/SIGTERM handlers: %s", strerror(errno));
+		return -1;
+	}
+	/* A broker that goes away must show up as an error, not kill us. */
+	sa.sa_handler = SIG_IGN;
+	if (sigaction(SIGPIPE, &sa, NULL) != 0) {
+		sim_log("cannot ignore SIGPIPE: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* Block or unblock SIGINT/SIGTERM in the calling thread. */
+static int sim_signals_block(int how)
+{
+	sigset_t set;
+	int rc;
+
+	if (sigemptyset(&set) != 0 || sigaddset(&set, SIGINT) != 0 ||
+	    sigaddset(&set, SIGTERM) != 0) {
+		sim_log("cannot build a signal set: %s", strerror(errno));
+		return -1;
+	}
+	rc = pthread_sigmask(how, &set, NULL);
+	if (rc != 0) {
+		sim_log("pthread_sigmask failed: %s", strerror(rc));
+		return -1;
+	}
+	return 0;
+}
+
 static const char *sim_reason(int rc)
 {
 	/* MQTT 5 reason codes start at 0x80 for errors; below that the
@@ -791,7 +844,7 @@ static void sim_on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
 	c->connack = rc;
 	c->connected = rc == 0;
 	if (rc == 0)
-		c->progress_ns = sim_now_ns(CLOCK_MONOTONIC);
+		c->was_connected = true;
 	/* A QoS 2 message the broker has PUBREC'd lives only in our session
 	 * there; a broker that comes back without it has lost them. */
 	session_lost = reconnect && rc == 0 && s->persistent && !(flags & 1);
@@ -831,9 +884,10 @@ static void sim_on_disconnect(struct mosquitto *mosq, void *obj, int rc,
 	pthread_mutex_lock(&c->lock);
 	c->connected = false;
 	losses = ++c->disconnects;
-	/* rc 0 is our own mosquitto_disconnect().  A connection that keeps
-	 * dropping is told about once per SIM_LOSS_LOG_S, not every time. */
-	tell = rc != 0 && !s->opt.quiet &&
+	/* rc 0 is our own mosquitto_disconnect(), and until the broker has
+	 * accepted us the main thread reports the failure.  A connection that
+	 * keeps dropping is told about once per SIM_LOSS_LOG_S. */
+	tell = rc != 0 && !s->opt.quiet && c->was_connected &&
 	       (s->opt.verbose || c->loss_logged_ns == 0 ||
 		now - c->loss_logged_ns >= SIM_LOSS_LOG_S * SIM_NS_PER_S);
 	if (tell)
@@ -843,7 +897,7 @@ static void sim_on_disconnect(struct mosquitto *mosq, void *obj, int rc,
 
 	if (tell)
 		sim_log("%s lost its connection to %s:%d (%s, %lu time%s so far); "
-			"reconnecting; the broker's log says why", c->id, s->opt.host,
+			"reconnecting; the broker's log may say why", c->id, s->opt.host,
 			s->opt.port, sim_reason(rc), losses, losses == 1 ? "" : "s");
 }
 
@@ -891,24 +945,60 @@ static uint64_t sim_conn_outstanding(struct sim_conn *c)
 	return c->published - c->completed - c->lost;
 }
 
-static void sim_conn_error(struct sim *s, struct sim_conn *c, const char *what,
-			   int rc)
+/* How one connection attempt ended, for sim_conn_failed(). */
+struct sim_attempt {
+	int rc;				/* from mosquitto_connect*() or the loop */
+	int err;			/* errno, for MOSQ_ERR_ERRNO */
+	int connack;			/* the broker's answer, -1 none */
+	bool closed;			/* the broker hung up before answering */
+};
+
+/* Tell why @c could not connect, naming the broker and what to check. */
+static void sim_conn_failed(struct sim *s, struct sim_conn *c,
+			    const struct sim_attempt *a)
 {
-	const char *hint = "is the broker running and reachable? use --host/--port";
+	const struct sim_opts *o = &s->opt;
 
-	if (rc == MOSQ_ERR_ERRNO) {
-		int err = errno;
+	if (sim_signals || (a->rc == MOSQ_ERR_ERRNO && a->err == EINTR)) {
+		sim_log("interrupted while connecting to %s:%d", o->host, o->port);
+	} else if (a->connack > 0) {
+		int rc = a->connack;
+		const char *hint = "the broker's log may say why";
 
-		if (err != ECONNREFUSED)
-			hint = "is the broker reachable from here? use --host/--port";
-		sim_log("%s %s:%d (%s): %s; %s", what, s->opt.host, s->opt.port,
-			c->id, strerror(err), hint);
-	} else if (rc == MOSQ_ERR_EAI) {
-		sim_log("%s %s:%d (%s): cannot resolve host name '%s'; check --host",
-			what, s->opt.host, s->opt.port, c->id, s->opt.host);
+		if (rc == CONNACK_REFUSED_BAD_USERNAME_PASSWORD ||
+		    rc == CONNACK_REFUSED_NOT_AUTHORIZED ||
+		    rc == MQTT_RC_BAD_USERNAME_OR_PASSWORD ||
+		    rc == MQTT_RC_NOT_AUTHORIZED)
+			hint = "check --username/--password and the broker's ACL";
+		else if (rc == CONNACK_REFUSED_IDENTIFIER_REJECTED ||
+			 rc == MQTT_RC_CLIENTID_NOT_VALID)
+			hint = "try a shorter or plainer --id-prefix";
+		else if (rc == CONNACK_REFUSED_PROTOCOL_VERSION ||
+			 rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION)
+			hint = "try the other --protocol";
+		sim_log("%s:%d refused connection %s: %s; %s", o->host, o->port,
+			c->id, o->protocol == MQTT_PROTOCOL_V5 ?
+			mosquitto_reason_string(rc) : mosquitto_connack_string(rc),
+			hint);
+	} else if (a->rc == MOSQ_ERR_ERRNO) {
+		sim_log("cannot connect to %s:%d (%s): %s; %s", o->host, o->port,
+			c->id, strerror(a->err), a->err == ECONNREFUSED ?
+			"is the broker running? use --host/--port" :
+			"is the broker reachable from here? use --host/--port");
+	} else if (a->rc == MOSQ_ERR_EAI) {
+		sim_log("cannot connect to %s:%d (%s): cannot resolve host name "
+			"'%s'; check --host", o->host, o->port, c->id, o->host);
+	} else if (a->closed) {
+		sim_log("%s:%d closed connection %s before accepting it; is it an "
+			"MQTT broker that speaks --protocol %s?", o->host, o->port,
+			c->id, o->protocol == MQTT_PROTOCOL_V5 ? "5" : "311");
+	} else if (a->rc != MOSQ_ERR_SUCCESS) {
+		sim_log("cannot connect to %s:%d (%s): %s; use --host/--port", o->host,
+			o->port, c->id, mosquitto_strerror(a->rc));
 	} else {
-		sim_log("%s %s:%d (%s): %s; %s", what, s->opt.host, s->opt.port,
-			c->id, mosquitto_strerror(rc), hint);
+		sim_log("%s:%d did not answer connection %s within %d s; is it an "
+			"MQTT broker? use --host/--port", o->host, o->port, c->id,
+			SIM_CONNACK_TIMEOUT_S);
 	}
 }
 
@@ -957,54 +1047,38 @@ static void sim_on_wipe_connect(struct mosquitto *mosq, void *obj, int rc)
 /* End @c's session on the broker, if it has one: connecting with a clean
  * session discards the old session, and a clean session ends when it
  * disconnects.  Waiting for the CONNACK makes sure the broker is done with
- * it before the next connection with this id.  Returns 0 or -1 after
- * putting the reason in @why. */
-static int sim_session_wipe(struct sim *s, struct sim_conn *c, char *why,
-			    size_t whysize)
+ * it before the next connection with this id.  Returns 0, or -1 with the
+ * reason in *a. */
+static int sim_session_wipe(struct sim *s, struct sim_conn *c, struct sim_attempt *a)
 {
 	const struct sim_opts *o = &s->opt;
 	int64_t deadline = sim_now_ns(CLOCK_MONOTONIC) +
 			   SIM_CONNACK_TIMEOUT_S * SIM_NS_PER_S;
 	struct mosquitto *mosq;
-	int connack = -1;
-	int rc;
 
-	mosq = sim_client_new(s, c->id, true, &connack);
+	*a = (struct sim_attempt){ .rc = MOSQ_ERR_SUCCESS, .connack = -1 };
+	mosq = sim_client_new(s, c->id, true, &a->connack);
 	if (!mosq) {
-		snprintf(why, whysize, "no client");
+		a->rc = MOSQ_ERR_NOMEM;
 		return -1;
 	}
 	mosquitto_connect_callback_set(mosq, sim_on_wipe_connect);
-	rc = mosquitto_connect(mosq, o->host, o->port, SIM_KEEPALIVE_S);
-	if (rc == MOSQ_ERR_ERRNO)
-		snprintf(why, whysize, "%s", strerror(errno));
-	else if (rc != MOSQ_ERR_SUCCESS)
-		snprintf(why, whysize, "%s", mosquitto_strerror(rc));
-	while (rc == MOSQ_ERR_SUCCESS && connack < 0 && sim_signals < 2 &&
-	       sim_now_ns(CLOCK_MONOTONIC) < deadline) {
-		rc = mosquitto_loop(mosq, SIM_SLICE_MS, 1);
-		if (rc != MOSQ_ERR_SUCCESS)
-			snprintf(why, whysize, "%s", mosquitto_strerror(rc));
-	}
-	if (rc == MOSQ_ERR_SUCCESS && connack != 0) {
-		snprintf(why, whysize, "%s", connack < 0 ? "no CONNACK" :
-			 o->protocol == MQTT_PROTOCOL_V5 ?
-			 mosquitto_reason_string(connack) :
-			 mosquitto_connack_string(connack));
-		rc = MOSQ_ERR_CONN_REFUSED;
-	}
-	if (rc == MOSQ_ERR_SUCCESS) {
-		rc = mosquitto_disconnect(mosq);
-		if (rc != MOSQ_ERR_SUCCESS)
-			snprintf(why, whysize, "%s", mosquitto_strerror(rc));
-	}
+	a->rc = mosquitto_connect(mosq, o->host, o->port, SIM_KEEPALIVE_S);
+	a->err = errno;
+	while (a->rc == MOSQ_ERR_SUCCESS && a->connack < 0 && sim_signals < 2 &&
+	       sim_now_ns(CLOCK_MONOTONIC) < deadline)
+		a->rc = mosquitto_loop(mosq, SIM_SLICE_MS, 1);
+	a->closed = a->rc == MOSQ_ERR_CONN_LOST || a->rc == MOSQ_ERR_NO_CONN;
+	if (a->rc == MOSQ_ERR_SUCCESS && a->connack == 0)
+		a->rc = mosquitto_disconnect(mosq);
 	mosquitto_destroy(mosq);
-	return rc == MOSQ_ERR_SUCCESS ? 0 : -1;
+	return a->rc == MOSQ_ERR_SUCCESS && a->connack == 0 ? 0 : -1;
 }
 
 static int sim_conn_open(struct sim *s, struct sim_conn *c, unsigned long index)
 {
 	const struct sim_opts *o = &s->opt;
+	struct sim_attempt attempt;
 	pthread_condattr_t attr;
 	int rc;
 
@@ -1037,12 +1111,10 @@ static int sim_conn_open(struct sim *s, struct sim_conn *c, unsigned long index)
 	 * clean session would throw it away.  QoS 0 and 1 don't need one (QoS
 	 * 1 is simply sent again), and then leave nothing behind.  A session
 	 * of an earlier run with this id (same pid) must not be resumed, so
-	 * end it first; if that fails, the connect below says why. */
-	if (s->persistent) {
-		char why[256];
-
-		if (sim_session_wipe(s, c, why, sizeof(why)) != 0 && o->verbose)
-			sim_log("%s: could not clear an old session: %s", c->id, why);
+	 * end it first; that also tells whether the broker takes us at all. */
+	if (s->persistent && sim_session_wipe(s, c, &attempt) != 0) {
+		sim_conn_failed(s, c, &attempt);
+		return -1;
 	}
 	c->mosq = sim_client_new(s, c->id, !s->persistent, c);
 	if (!c->mosq)
@@ -1068,17 +1140,23 @@ static int sim_conn_open(struct sim *s, struct sim_conn *c, unsigned long index)
 		rc = mosquitto_connect(c->mosq, o->host, o->port, SIM_KEEPALIVE_S);
 	}
 	if (rc != MOSQ_ERR_SUCCESS) {
-		sim_conn_error(s, c, "cannot connect to", rc);
+		attempt = (struct sim_attempt){ .rc = rc, .err = errno, .connack = -1 };
+		sim_conn_failed(s, c, &attempt);
 		return -1;
 	}
+	/* Started with SIGINT/SIGTERM blocked, the network thread never takes
+	 * them, so they always reach the main thread and cut its sleep short. */
+	if (sim_signals_block(SIG_BLOCK) != 0)
+		return -1;
 	rc = mosquitto_loop_start(c->mosq);
-	if (rc != MOSQ_ERR_SUCCESS) {
+	if (rc == MOSQ_ERR_SUCCESS)
+		c->loop_started = true;
+	else
 		sim_log("%s: cannot start the network thread: %s", c->id,
 			mosquitto_strerror(rc));
+	if (sim_signals_block(SIG_UNBLOCK) != 0)
 		return -1;
-	}
-	c->loop_started = true;
-	return 0;
+	return c->loop_started ? 0 : -1;
 }
 
 static int sim_conn_wait_connack(struct sim *s, struct sim_conn *c)
@@ -1086,50 +1164,23 @@ static int sim_conn_wait_connack(struct sim *s, struct sim_conn *c)
 	int64_t deadline = sim_now_ns(CLOCK_MONOTONIC) +
 			   SIM_CONNACK_TIMEOUT_S * SIM_NS_PER_S;
 	const struct sim_opts *o = &s->opt;
-	int rc;
+	struct sim_attempt attempt = { .rc = MOSQ_ERR_SUCCESS };
 
 	pthread_mutex_lock(&c->lock);
 	while (c->connack < 0 && c->disconnects == 0 && !sim_signals &&
 	       sim_now_ns(CLOCK_MONOTONIC) < deadline)
 		sim_conn_timedwait(c, SIM_SLICE_MS);
-	rc = c->connack;
+	attempt.connack = c->connack;
+	attempt.closed = c->disconnects > 0;
 	pthread_mutex_unlock(&c->lock);
 
-	if (rc == 0) {
+	if (attempt.connack == 0) {
 		if (o->verbose)
 			sim_log("%s connected to %s:%d (MQTT %s)", c->id, o->host,
 				o->port, o->protocol == MQTT_PROTOCOL_V5 ? "5" : "3.1.1");
 		return 0;
 	}
-	if (sim_signals) {
-		sim_log("interrupted while connecting to %s:%d", o->host, o->port);
-	} else if (rc > 0) {
-		const char *hint = "check the broker's log";
-
-		if (rc == CONNACK_REFUSED_BAD_USERNAME_PASSWORD ||
-		    rc == CONNACK_REFUSED_NOT_AUTHORIZED ||
-		    rc == MQTT_RC_BAD_USERNAME_OR_PASSWORD ||
-		    rc == MQTT_RC_NOT_AUTHORIZED)
-			hint = "check --username/--password and the broker's ACL";
-		else if (rc == CONNACK_REFUSED_IDENTIFIER_REJECTED ||
-			 rc == MQTT_RC_CLIENTID_NOT_VALID)
-			hint = "try a shorter or plainer --id-prefix";
-		else if (rc == CONNACK_REFUSED_PROTOCOL_VERSION ||
-			 rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION)
-			hint = "try the other --protocol";
-		sim_log("%s:%d refused connection %s: %s; %s", o->host, o->port,
-			c->id, o->protocol == MQTT_PROTOCOL_V5 ?
-			mosquitto_reason_string(rc) : mosquitto_connack_string(rc),
-			hint);
-	} else if (c->disconnects > 0) {
-		sim_log("%s:%d closed connection %s before accepting it; "
-			"is it an MQTT broker that speaks --protocol %s?", o->host,
-			o->port, c->id, o->protocol == MQTT_PROTOCOL_V5 ? "5" : "311");
-	} else {
-		sim_log("%s:%d did not answer connection %s within %d s; "
-			"is it an MQTT broker? use --host/--port", o->host, o->port,
-			c->id, SIM_CONNACK_TIMEOUT_S);
-	}
+	sim_conn_failed(s, c, &attempt);
 	return -1;
 }
 
@@ -1154,7 +1205,8 @@ static int sim_conn_wait_room(struct sim *s, struct sim_conn *c, bool *failed)
 		last = c->progress_ns > start ? c->progress_ns : start;
 		if (sim_now_ns(CLOCK_MONOTONIC) - last > SIM_STALL_TIMEOUT_S * SIM_NS_PER_S) {
 			sim_log("%s:%d has not acknowledged anything on %s for %d s "
-				"(%" PRIu64 " messages waiting); giving up", s->opt.host,
+				"(%" PRIu64 " messages waiting); giving up; the broker's "
+				"log may say why", s->opt.host,
 				s->opt.port, c->id, SIM_STALL_TIMEOUT_S,
 				sim_conn_outstanding(c));
 			*failed = true;
@@ -1255,10 +1307,19 @@ static void sim_drain(struct sim *s, int64_t signal_ns)
 				break;
 			if (sim_signals && signal_ns == 0)
 				signal_ns = now;
-			if (signal_ns && now - signal_ns > SIM_SIGNAL_DRAIN_S * SIM_NS_PER_S)
+			if (signal_ns && now - signal_ns > SIM_SIGNAL_DRAIN_S * SIM_NS_PER_S) {
+				sim_log("stopped waiting for %s:%d to acknowledge %" PRIu64
+					" messages on %s after %d s", s->opt.host, s->opt.port,
+					sim_conn_outstanding(c), c->id, SIM_SIGNAL_DRAIN_S);
 				break;
-			if (now - last > SIM_STALL_TIMEOUT_S * SIM_NS_PER_S)
+			}
+			if (now - last > SIM_STALL_TIMEOUT_S * SIM_NS_PER_S) {
+				sim_log("%s:%d has not acknowledged anything on %s for %d s "
+					"(%" PRIu64 " messages waiting); giving up; the "
+					"broker's log may say why", s->opt.host, s->opt.port,
+					c->id, SIM_STALL_TIMEOUT_S, sim_conn_outstanding(c));
 				break;
+			}
 			sim_conn_timedwait(c, SIM_SLICE_MS);
 		}
 		pthread_mutex_unlock(&c->lock);
@@ -1295,12 +1356,14 @@ static void sim_conns_close(struct sim *s)
 			mosquitto_destroy(c->mosq);
 		/* Leave no session behind; MQTT 3.1.1 ones never expire. */
 		if (s->persistent && c->connack >= 0) {
-			char why[256];
+			struct sim_attempt attempt;
 
-			if (sim_session_wipe(s, c, why, sizeof(why)) != 0 && !s->opt.quiet)
-				sim_log("%s: could not end its session on %s:%d (%s); "
-					"the broker keeps it until it expires", c->id,
-					s->opt.host, s->opt.port, why);
+			if (sim_session_wipe(s, c, &attempt) != 0 && !s->opt.quiet) {
+				sim_log("%s: could not end its session on %s:%d; the "
+					"broker keeps it until it expires, because:", c->id,
+					s->opt.host, s->opt.port);
+				sim_conn_failed(s, c, &attempt);
+			}
 		}
 		pthread_cond_destroy(&c->cond);
 		pthread_mutex_destroy(&c->lock);
@@ -1409,49 +1472,6 @@ interrupted:
 	return SIM_END_SIGNAL;
 }
 
-static int sim_signals_setup(void)
-{
-	struct sigaction sa;
-
-	memset(&sa, 0, sizeof(sa));
-	/* No SA_RESTART: a signal should cut clock_nanosleep() short. */
-	sa.sa_handler = sim_on_signal;
-	if (sigemptyset(&sa.sa_mask) != 0 ||
-	    sigaction(SIGINT, &sa, NULL) != 0 ||
-	    sigaction(SIGTERM, &sa, NULL) != 0) {
-		sim_log("cannot install the SIGINT/SIGTERM handlers: %s", strerror(errno));
-		return -1;
-	}
-	/* A broker that goes away must show up as an error, not kill us. */
-	sa.sa_handler = SIG_IGN;
-	if (sigaction(SIGPIPE, &sa, NULL) != 0) {
-		sim_log("cannot ignore SIGPIPE: %s", strerror(errno));
-		return -1;
-	}
-	return 0;
-}
-
-/* Block or unblock SIGINT/SIGTERM in the calling thread.  The network
- * threads are started with them blocked, so the signals always reach the
- * main thread and interrupt its sleep. */
-static int sim_signals_block(int how)
-{
-	sigset_t set;
-	int rc;
-
-	if (sigemptyset(&set) != 0 || sigaddset(&set, SIGINT) != 0 ||
-	    sigaddset(&set, SIGTERM) != 0) {
-		sim_log("cannot build a signal set: %s", strerror(errno));
-		return -1;
-	}
-	rc = pthread_sigmask(how, &set, NULL);
-	if (rc != 0) {
-		sim_log("pthread_sigmask failed: %s", strerror(rc));
-		return -1;
-	}
-	return 0;
-}
-
 int main(int argc, char **argv)
 {
 	static struct sim sim;
@@ -1504,13 +1524,11 @@ int main(int argc, char **argv)
 		sim_log("cannot initialise libmosquitto");
 		goto out_free;
 	}
-	if (sim_signals_setup() != 0 || sim_signals_block(SIG_BLOCK) != 0)
+	if (sim_signals_setup() != 0)
 		goto out_lib;
 	for (i = 0; i < o->connections; i++)
 		if (sim_conn_open(s, &s->conns[i], i) != 0)
 			goto out_conns;
-	if (sim_signals_block(SIG_UNBLOCK) != 0)
-		goto out_conns;
 	for (i = 0; i < o->connections; i++)
 		if (sim_conn_wait_connack(s, &s->conns[i]) != 0)
 			goto out_conns;
