@@ -208,7 +208,14 @@ struct iotr_host {
 	/* A named capture of the route that matched ("site" for +site), or NULL. */
 	const char *(*msg_capture)(const iotr_msg *msg, const char *name);
 
-	/* Setters copy their arguments.  They return IOTR_OK or IOTR_ENOMEM. */
+	/* The pointers the getters above return point into the message: they
+	 * stay valid until the same field is set again (a removed header: until
+	 * the removal), or the message is freed or given away.  Copy what you
+	 * keep longer. */
+
+	/* Setters copy their arguments, which may point into the same message
+	 * (msg_set_key(msg, part of msg's payload, n) is fine).  They return
+	 * IOTR_OK or IOTR_ENOMEM. */
 	int (*msg_set_payload)(iotr_msg *msg, const void *payload, size_t len);
 	int (*msg_set_key)(iotr_msg *msg, const char *key, size_t len);
 	int (*msg_set_dest)(iotr_msg *msg, const char *topic);
@@ -272,7 +279,13 @@ struct iotr_host {
  * struct iotr_plugin - what a plugin is, returned by iotr_plugin_entry().
  *
  * Set abi_major, abi_minor and size with IOTR_PLUGIN_HEADER, so the values
- * come from the header the plugin was compiled against.
+ * come from the header the plugin was compiled against.  IOTR_PLUGIN_HEADER
+ * is a list of designated initialisers, so a plugin in C needs C99 or later
+ * (this header alone also compiles as C89).  In C++ before C++20, which has
+ * no designated initialisers, fill the descriptor in a function: set the
+ * three fields to IOTR_ABI_MAJOR, IOTR_ABI_MINOR and
+ * sizeof(struct iotr_plugin), and declare the entry point extern "C" so
+ * that dlsym finds it under its C name.
  *
  * Lifecycle, in order, each called once per configured instance:
  *
