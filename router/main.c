@@ -41,6 +41,7 @@ static void usage(FILE *out)
 "Usage: iotrouter -c FILE [-v] [--plugin-dir DIR]...\n"
 "       iotrouter --check -c FILE\n"
 "       iotrouter --list-plugins | --help-plugin NAME\n"
+"       iotrouter test-script RULE.lua [--config FILE] < messages.jsonl\n"
 "\n"
 "Route MQTT messages to Kafka (and back) through transform plugins.\n"
 "\n"
@@ -411,6 +412,8 @@ out:
 	return rc;
 }
 
+int testscript_main(int argc, char **argv);   /* testscript.c */
+
 int main(int argc, char **argv)
 {
 	struct options o = { 0 };
@@ -418,6 +421,9 @@ int main(int argc, char **argv)
 	struct cfg_errors errs = { 0 };
 	size_t i;
 	int rc;
+
+	if (argc > 1 && strcmp(argv[1], "test-script") == 0)
+		return testscript_main(argc - 1, argv + 1);
 
 	if ((rc = parse_args(argc, argv, &o)))
 		return rc;
