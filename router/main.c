@@ -323,6 +323,9 @@ static void shutdown_router(struct router_config *cfg, struct pipeline *p)
 		if (inst->kind == IOTR_PLUGIN_INPUT && inst->started)
 			inst->plugin->stop(inst->state);
 	}
+	/* Drain what the inputs handed over, then let transforms flush what
+	 * they hold (open windows) and drain that too. */
+	pipeline_drain(p, deadline);
 	for (i = 0; i < cfg->ninstances; i++)
 		if (cfg->instances[i]->kind == IOTR_PLUGIN_TRANSFORM)
 			pipeline_stop_transform(p, cfg->instances[i]);

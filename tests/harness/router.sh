@@ -152,3 +152,16 @@ kafka_payloads() {
 		kcat -C -b "$b" -t "$t" -o beginning -e -q -m 20 -f '%s\n' 2>/dev/null
 	done
 }
+
+# wait_until TIMEOUT_S EXPR: evaluate the shell expression EXPR every 0.1 s
+# until it succeeds (0) or TIMEOUT_S pass (1).  Unlike wait_for with a
+# "$(...)" argument, the command substitutions in EXPR run every time.
+wait_until() {
+	local t=$1 expr=$2 end
+	end=$((SECONDS + t))
+	while :; do
+		if eval "$expr" >/dev/null 2>&1; then return 0; fi
+		[ "$SECONDS" -lt "$end" ] || return 1
+		sleep 0.1
+	done
+}

@@ -49,7 +49,7 @@ mqtt_pub -q 1 -V mqttv5 -t fleet/north/WVW1/gps/raw \
 mqtt_pub -q 1 -t fleet/north/WVW2/gps -m 'not json'
 mqtt_pub -q 1 -t elsewhere/x -m 'lost?'
 head -c 5000 /dev/zero | tr '\0' 'x' | mqtt_pub -q 1 -t sensors/s/d/big -s
-wait_for 10 test "$(wc -l <"$out" 2>/dev/null || echo 0)" -ge 5
+wait_until 10 '[ "$(wc -l <"$out" 2>/dev/null || echo 0)" -ge 5 ]'
 
 line=$(grep '"source_topic":"sensors/site-7/dev-42/temperature"' "$out")
 assert_match '"topic":"iot.site-7.telemetry"' "$line" "the topic template fills in the captured site"
@@ -85,7 +85,7 @@ assert_match '"iotrouter.original_size":"5000"' "$line" "and its original size"
 
 # 2000 messages from 20 devices at QoS 1; every device's sequence in order.
 sim --devices 20 --count 2000 --rate 0 --qos 1
-wait_for 30 test "$(grep -c '"topic":"iot.site-1.telemetry"' "$out")" -ge 2000
+wait_until 30 '[ "$(grep -c '\''"topic":"iot.site-1.telemetry"'\'' "$out")" -ge 2000 ]'
 grep '"topic":"iot.site-1.telemetry"' "$out" |
 	sed -E 's/.*"key":"([^"]*)".*"payload":(\{.*\})\}$/\1\t\2/' >"$TEST_TMPDIR/sim.tsv"
 assert_eq 2000 "$(wc -l <"$TEST_TMPDIR/sim.tsv")" "all 2000 simulated readings are written"

@@ -139,7 +139,7 @@ router_start "$conf" || bail_out "the installed router did not start"
 mqtt_pub -q 1 -t sensors/dev-1/temp -m '{"value":21.5}'
 mqtt_pub -q 1 -t sensors/dev-2/temp -m ' { } '
 mqtt_pub -q 1 -t sensors/dev-3/temp -m 'not an object'
-wait_for 15 test "$(wc -l <"$T/out.txt" 2>/dev/null || echo 0)" -ge 3
+wait_until 15 '[ "$(wc -l <"$T/out.txt" 2>/dev/null || echo 0)" -ge 3 ]'
 router_stop
 assert_eq 0 "$ROUTER_RC" "the router stops cleanly"
 

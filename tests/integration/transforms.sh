@@ -93,7 +93,7 @@ mqtt_pub -q 1 -t fields/s1/bad-json -m 'not json'
 mqtt_pub -q 1 -t fields/s1/bad-cast -m '{"temp":"hot"}'
 mqtt_pub -q 1 -t fields/s1/bad-array -m '[1,2]'
 mqtt_pub -q 1 -t lenient/d1 -m '{"n":"many","v":1.50,"gone":true}'
-wait_for 10 test "$(wc -l <"$out" 2>/dev/null || echo 0)" -ge 5
+wait_until 10 '[ "$(wc -l <"$out" 2>/dev/null || echo 0)" -ge 5 ]'
 
 line=$(lines t.fields)
 assert_match '"payload":\{"temperature":21.5,"count":7,"ok":true,"id":"42","v":0.1,"fleet":"north","site":"s1","received_us":[0-9]{16}\}\}$' \
@@ -122,7 +122,7 @@ mqtt_pub -q 1 -t schema/missing -m '{"device":"d1","reading":{"unit":"C"}}'
 mqtt_pub -q 1 -t schema/type -m '{"device":7,"reading":{"value":"21.5","unit":"C"}}'
 mqtt_pub -q 1 -t schema/extra -m '{"device":"d1","reading":{"value":1,"unit":"C","raw":5},"x":1}'
 mqtt_pub -q 1 -t schema/not-json -m '{"device":'
-wait_for 10 test "$(wc -l <"$out")" -ge 10
+wait_until 10 '[ "$(wc -l <"$out")" -ge 10 ]'
 
 assert_match '"payload":\{"device":"d1","seq":3,"reading":\{"value":21.5,"unit":null\}\}' \
 	"$(lines t.schema)" "a valid message passes schema_check unchanged"
@@ -138,7 +138,7 @@ assert_match "transform 'schema' failed: payload is not JSON: " "$(dead schema/n
 # a chain: schema_check, then json_fields; a failure stops the chain
 mqtt_pub -q 1 -t chain/s2/d1 -m '{"device":"d1","reading":{"value":1,"unit":"C"},"seq":1}'
 mqtt_pub -q 1 -t chain/s2/d2 -m '{"device":"d2","seq":2}'
-wait_for 10 test "$(wc -l <"$out")" -ge 12
+wait_until 10 '[ "$(wc -l <"$out")" -ge 12 ]'
 assert_match '"payload":\{"device":"d1","reading":\{"value":1,"unit":"C"\},"seq":1,"fleet":"north","site":"s2","received_us":[0-9]+\}' \
 	"$(lines t.chain)" "transforms run in the route's order"
 assert_match "\"iotrouter.error\":\"transform 'schema' failed: field 'reading' is missing\",\"iotrouter.route\":\"route 'chain'\"" \
@@ -150,14 +150,14 @@ assert_match "\"iotrouter.error\":\"transform 'schema' failed: field 'reading' i
 printf '{"seq":%d}\n' 1 2 3 | mqtt_pub -q 1 -t dedupe/d1 -l
 mqtt_pub -q 1 -t dedupe/d2 -m '{"seq":1}'
 wait_counter dd.dropped 2
-wait_for 10 test "$(lines t.dedupe | wc -l)" -ge 2
+wait_until 10 '[ "$(lines t.dedupe | wc -l)" -ge 2 ]'
 assert_eq '{"seq":1}' "$(lines t.dedupe | grep '"key":"d1"' | sed -E 's/.*"payload":(.*)\}$/\1/')" \
 	"dedupe passes the first of a key's messages within the window"
 assert_eq 1 "$(lines t.dedupe | grep -c '"key":"d2"')" "another key is not a duplicate"
 sleep 1.6
 mqtt_pub -q 1 -t dedupe/d1 -m '{"seq":4}'
 wait_counter dd.passed 3
-wait_for 10 test "$(lines t.dedupe | wc -l)" -ge 3
+wait_until 10 '[ "$(lines t.dedupe | wc -l)" -ge 3 ]'
 assert_match '"payload":\{"seq":4\}' "$(lines t.dedupe | tail -1)" \
 	"after window_ms the key passes again"
 
@@ -166,7 +166,7 @@ mqtt_pub -q 1 -t dedupe-payload/b -m '{"state":"open"}'
 mqtt_pub -q 1 -t dedupe-payload/b -m '{"state":"closed"}'
 wait_counter ddp.dropped 1
 wait_counter ddp.passed 2
-wait_for 10 test "$(lines t.ddp | wc -l)" -ge 2
+wait_until 10 '[ "$(lines t.ddp | wc -l)" -ge 2 ]'
 assert_eq 2 "$(lines t.ddp | wc -l)" "by = payload drops the same payload from another key"
 
 # --- rate_limit ---------------------------------------------------------------
@@ -174,7 +174,7 @@ assert_eq 2 "$(lines t.ddp | wc -l)" "by = payload drops the same payload from a
 # 2 devices x 10 readings as fast as the simulator can publish them
 sim --devices 2 --count 20 --rate 0 --qos 1 --topic 'rate/{device}'
 wait_counter rl.dropped 14
-wait_for 10 test "$(lines t.rate | wc -l)" -ge 6
+wait_until 10 '[ "$(lines t.rate | wc -l)" -ge 6 ]'
 assert_eq 3 "$(lines t.rate | grep -c '"key":"dev-0001"')" \
 	"rate_limit passes a key's burst and drops the rest"
 assert_eq 3 "$(lines t.rate | grep -c '"key":"dev-0002"')" "each key has its own bucket"
@@ -184,7 +184,7 @@ assert_eq '1 2 3' "$(lines t.rate | grep '"key":"dev-0001"' |
 
 seq 1 12 | sed 's/.*/{"n":&}/' | mqtt_pub -q 1 -t sample/d1 -l
 wait_counter rls.dropped 8
-wait_for 10 test "$(lines t.sample | wc -l)" -ge 4
+wait_until 10 '[ "$(lines t.sample | wc -l)" -ge 4 ]'
 line=$(lines t.sample)
 assert_eq 4 "$(grep -c . <<<"$line")" \
 	"policy = sample passes the burst, then 1 in sample_every over the limit"
