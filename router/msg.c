@@ -386,14 +386,15 @@ iotr_msg *msg_decode(const void *data, size_t len, char *source,
 	iotr_msg *msg;
 
 	if (len < 12 || r.p[0] != MSG_RECORD_VERSION || r.p[1] > 2 ||
-	    r.p[2] > 1)
+	    r.p[2] > 1 || r.p[3] != 0)
 		return NULL;
 	r.p += 4;
 	if (get_u(&r, 8, &time_us) || get_bytes(&r, 2, &src, &src_len) ||
 	    get_bytes(&r, 4, &topic, &topic_len) ||
 	    get_bytes(&r, 4, &payload, &payload_len) || get_u(&r, 4, &n))
 		return NULL;
-	if (memchr(topic, '\0', topic_len) || !(topic_z = malloc(topic_len + 1)))
+	if (memchr(topic, '\0', topic_len) || memchr(src, '\0', src_len) ||
+	    !(topic_z = malloc(topic_len + 1)))
 		return NULL;
 	memcpy(topic_z, topic, topic_len);
 	topic_z[topic_len] = '\0';

@@ -21,12 +21,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "metrics.h"
 #include "msg.h"
 #include "pipeline.h"
 #include "template.h"
+#include "wal.h"
 
 struct queue {
 	pthread_mutex_t lock;
@@ -58,7 +60,23 @@ struct pipeline {
 	int64_t min_tick_ms;
 
 	iotr_counter *received, *unmatched, *delivered, *dropped,
-		*dead_lettered, *lost, *oversized, *retried;
+		*dead_lettered, *lost, *oversized, *retried, *deferred;
+
+	/* The write-ahead log (NULL: off).  wal_lock orders appends with the
+	 * switch between queueing directly and spilling: while `spilling`,
+	 * intake only appends, and the replayer thread feeds the queues from
+	 * the log, in order, until it has caught up. */
+	struct wal *wal;
+	pthread_mutex_t wal_lock;
+	pthread_cond_t wal_cond;
+	int spilling;
+	uint64_t spill_from;
+	struct msg_buf record;
+	pthread_t replayer;
+	int replayer_running;
+	int wal_full_warned;
+	iotr_counter *wal_appended, *wal_spilled, *wal_replayed,
+		*wal_dropped;
 	atomic_int warned_unmatched;
 };
 
@@ -117,20 +135,30 @@ static int queue_init(struct queue *q, size_t cap)
 }
 
 /*
- * Append msg.  With force, ignore the bound (for messages already counted as
- * in flight that must come back: retries, dead letters, fan-out), so that no
- * thread that the workers themselves wait on can block here.
+ * How queue_push() treats a full queue:
+ *   PUSH_FORCE       ignore the bound, for messages already in flight that
+ *                    must come back (retries, dead letters, fan-out), so no
+ *                    thread the workers wait on can block here;
+ *   PUSH_BLOCK       wait for room until the shutdown deadline;
+ *   PUSH_TRY         return IOTR_ERETRY at once;
+ *   PUSH_UNTIL_STOP  wait for room, but give up (IOTR_ESHUTDOWN) as soon as
+ *                    the router begins to stop: for replays from the
+ *                    write-ahead log, which keeps the message anyway.
  */
+enum push_mode { PUSH_FORCE, PUSH_BLOCK, PUSH_TRY, PUSH_UNTIL_STOP };
+
 static int queue_push(struct pipeline *p, struct queue *q, iotr_msg *msg,
-                      int force)
+                      enum push_mode mode)
 {
 	pthread_mutex_lock(&q->lock);
-	while (!force && q->len >= q->cap) {
+	while (mode != PUSH_FORCE && q->len >= q->cap) {
 		struct timespec ts;
+		int stopping = pipeline_stopping(p);
 
-		if (pipeline_stopping(p) >= 2) {
+		if (mode == PUSH_TRY || stopping >= 2 ||
+		    (mode == PUSH_UNTIL_STOP && stopping)) {
 			pthread_mutex_unlock(&q->lock);
-			return IOTR_ESHUTDOWN;
+			return mode == PUSH_TRY ? IOTR_ERETRY : IOTR_ESHUTDOWN;
 		}
 		deadline_ts(&ts, 100);
 		pthread_cond_timedwait(&q->not_full, &q->lock, &ts);
@@ -177,10 +205,8 @@ static iotr_msg *queue_pop(struct pipeline *p, struct queue *q, int64_t wake_ms)
 
 /* --- accounting ------------------------------------------------------------ */
 
-static void finish(struct pipeline *p, iotr_msg *msg, iotr_counter *outcome)
+static void inflight_done(struct pipeline *p)
 {
-	metrics_add(outcome, 1);
-	msg_free(msg);
 	/* The last one out wakes pipeline_drain(). */
 	if (atomic_fetch_sub(&p->inflight, 1) == 1) {
 		pthread_mutex_lock(&p->drain_lock);
@@ -189,12 +215,38 @@ static void finish(struct pipeline *p, iotr_msg *msg, iotr_counter *outcome)
 	}
 }
 
+/* The message's journey ends: count it, release its log record, free it. */
+static void finish(struct pipeline *p, iotr_msg *msg, iotr_counter *outcome)
+{
+	metrics_add(outcome, 1);
+	if (msg->wal_id && outcome != p->deferred)
+		wal_release(p->wal, msg->wal_id);
+	msg_free(msg);
+	inflight_done(p);
+}
+
 static void lose(struct pipeline *p, iotr_msg *msg, const char *why)
 {
 	log_error("message lost: topic '%s'%s%s: %s", msg->topic,
 	          msg->dest ? ", destination " : "", msg->dest ? msg->dest : "",
 	          why);
 	finish(p, msg, p->lost);
+}
+
+/*
+ * The shutdown deadline passed before the message was delivered.  With the
+ * write-ahead log it stays there and is sent after the next start; without
+ * it, it is lost.
+ */
+static void defer(struct pipeline *p, iotr_msg *msg, const char *why)
+{
+	if (!msg->wal_id) {
+		lose(p, msg, why);
+		return;
+	}
+	log_debug("message on '%s' kept in the write-ahead log for the next "
+	          "start: %s", msg->topic, why);
+	finish(p, msg, p->deferred);
 }
 
 static uint32_t hash_bytes(const char *s, size_t len)
@@ -253,7 +305,7 @@ static void dead_letter(struct pipeline *p, iotr_msg *msg, const char *reason)
 	msg->dead_letter = 1;
 	msg->output = cfg->dead_letter_output;
 	metrics_add(p->dead_lettered, 1);
-	queue_push(p, &worker_for(p, msg)->q, msg, 1);
+	queue_push(p, &worker_for(p, msg)->q, msg, PUSH_FORCE);
 }
 
 /* --- ingress ------------------------------------------------------------ */
@@ -288,6 +340,8 @@ static int ingest_unmatched(struct pipeline *p, iotr_msg *msg)
 			           "are counted as router.unmatched and not "
 			           "sent; set router.unmatched_topic to keep "
 			           "them (logged once)", msg->topic);
+		if (msg->wal_id)
+			wal_release(p->wal, msg->wal_id);
 		msg_free(msg);
 		return 0;
 	}
@@ -318,19 +372,21 @@ static void ingest_oversized(struct pipeline *p, iotr_msg *msg, size_t size)
 	dead_letter(p, msg, why);
 }
 
-int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg)
+/*
+ * Route a message and queue it (see enum push_mode).  Returns IOTR_OK when
+ * the pipeline took it (queued, dead-lettered, or dropped as unmatched);
+ * IOTR_ERETRY / IOTR_ESHUTDOWN when a full queue or the stop refused it,
+ * after freeing it (its write-ahead log record, if any, stays); or an error
+ * after counting it lost.
+ */
+static int admit(struct pipeline *p, iotr_msg *msg, enum push_mode mode)
 {
-	struct pipeline *p = src->pipeline;
 	struct router_config *cfg = p->cfg;
 	size_t spans_small[32], *spans = spans_small;
 	const struct route *r;
 	size_t need = 0, i, size = 0;
 	int rc = IOTR_OK, oversized = 0;
 
-	if (!msg)
-		return IOTR_EINVAL;
-	msg->source = src;
-	metrics_add(p->received, 1);
 	for (i = 0; i < cfg->nroutes; i++)
 		if (cfg->routes[i].filter.ncaptures > need)
 			need = cfg->routes[i].filter.ncaptures;
@@ -340,7 +396,7 @@ int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg)
 		lose(p, msg, "out of memory routing it");
 		return IOTR_ENOMEM;
 	}
-	r = route_find(p, src, msg->topic, spans);
+	r = route_find(p, msg->source, msg->topic, spans);
 	if (!r) {
 		if (!ingest_unmatched(p, msg)) {
 			if (spans != spans_small)
@@ -378,11 +434,210 @@ int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg)
 		ingest_oversized(p, msg, size);
 		return IOTR_OK;
 	}
-	rc = queue_push(p, &worker_for(p, msg)->q, msg, 0);
-	if (rc)
-		lose(p, msg, "the shutdown deadline passed before the message "
-		     "could be queued");
+	rc = queue_push(p, &worker_for(p, msg)->q, msg, mode);
+	if (rc == IOTR_OK)
+		return IOTR_OK;
+	if (mode == PUSH_TRY || mode == PUSH_UNTIL_STOP) {
+		msg_free(msg);          /* the log still has it */
+		inflight_done(p);
+		return rc;
+	}
+	defer(p, msg, "the shutdown deadline passed before the message could "
+	      "be queued");
 	return rc;
+}
+
+/* Write the message to the log before its input acknowledges it; queue it
+ * too unless the queues are full (then spill: the replayer brings it). */
+static int wal_ingest(struct pipeline *p, iotr_msg *msg)
+{
+	uint64_t id = 0;
+	int rc;
+
+	pthread_mutex_lock(&p->wal_lock);
+	if (msg_encode(msg, msg->source ? msg->source->name : "",
+	               &p->record)) {
+		pthread_mutex_unlock(&p->wal_lock);
+		atomic_fetch_add(&p->inflight, 1);
+		lose(p, msg, "out of memory writing it to the write-ahead log");
+		return IOTR_ENOMEM;
+	}
+	while ((rc = wal_append(p->wal, p->record.data, p->record.len,
+	                        &id)) == WAL_EFULL) {
+		if (p->cfg->wal_drop_oldest) {
+			uint64_t n = wal_drop_oldest(p->wal);
+
+			metrics_add(p->wal_dropped, n);
+			log_error("write-ahead log reached router.wal_max_bytes "
+			          "(%lld bytes): dropped its oldest segment, %llu "
+			          "undelivered messages (counted in "
+			          "router.wal_dropped)",
+			          (long long)p->cfg->wal_max_bytes,
+			          (unsigned long long)n);
+			if (!n && wal_bytes(p->wal) == 0)
+				break;
+			continue;
+		}
+		if (!p->wal_full_warned) {
+			p->wal_full_warned = 1;
+			log_warning("write-ahead log is full (router.wal_max_bytes "
+			            "= %lld): intake waits until outputs catch up",
+			            (long long)p->cfg->wal_max_bytes);
+		}
+		if (pipeline_stopping(p)) {
+			/* The input is closing and has acknowledged this
+			 * one: keep it, a record past the cap. */
+			rc = wal_append_over_cap(p->wal, p->record.data,
+			                         p->record.len, &id);
+			if (rc == IOTR_OK) {
+				metrics_add(p->wal_appended, 1);
+				metrics_add(p->wal_spilled, 1);
+				pthread_mutex_unlock(&p->wal_lock);
+				msg_free(msg);
+				return IOTR_OK;
+			}
+			pthread_mutex_unlock(&p->wal_lock);
+			atomic_fetch_add(&p->inflight, 1);
+			lose(p, msg, "the write-ahead log and its disk were "
+			     "full when the router stopped");
+			return IOTR_ESHUTDOWN;
+		}
+		pthread_mutex_unlock(&p->wal_lock);
+		nanosleep(&(struct timespec){ 0, 50 * 1000000 }, NULL);
+		pthread_mutex_lock(&p->wal_lock);
+	}
+	if (rc) {
+		/* An I/O error: keep the message moving in memory and say that
+		 * it is not protected. */
+		pthread_mutex_unlock(&p->wal_lock);
+		log_error("write-ahead log in %s: append failed (%d); message on "
+		          "'%s' goes on unlogged", p->cfg->wal_dir, rc,
+		          msg->topic);
+		return admit(p, msg, PUSH_BLOCK);
+	}
+	p->wal_full_warned = 0;
+	metrics_add(p->wal_appended, 1);
+	msg->wal_id = id;
+	if (!p->spilling) {
+		rc = admit(p, msg, PUSH_TRY);
+		if (rc == IOTR_ERETRY) {
+			p->spilling = 1;
+			p->spill_from = id;
+			metrics_add(p->wal_spilled, 1);
+			log_info("queues full: new messages wait in the "
+			         "write-ahead log from record %llu",
+			         (unsigned long long)id);
+			pthread_cond_signal(&p->wal_cond);
+			rc = IOTR_OK;
+		}
+	} else {
+		metrics_add(p->wal_spilled, 1);
+		msg_free(msg);
+		rc = IOTR_OK;
+	}
+	pthread_mutex_unlock(&p->wal_lock);
+	return rc;
+}
+
+int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg)
+{
+	struct pipeline *p = src->pipeline;
+
+	if (!msg)
+		return IOTR_EINVAL;
+	msg->source = src;
+	metrics_add(p->received, 1);
+	if (p->wal)
+		return wal_ingest(p, msg);
+	return admit(p, msg, PUSH_BLOCK);
+}
+
+/* One record from the log back into the pipeline.  Returns 0, or -1 when
+ * the router began to stop (the record stays in the log). */
+static int replay_record(struct pipeline *p, uint64_t id, void *data,
+                         size_t len)
+{
+	char source[256];
+	iotr_msg *msg = msg_decode(data, len, source, sizeof(source));
+	struct iotr_instance *src;
+
+	free(data);
+	if (!msg) {
+		log_error("write-ahead log record %llu is not a message this "
+		          "router can read; skipped", (unsigned long long)id);
+		wal_release(p->wal, id);
+		return 0;
+	}
+	src = config_instance(p->cfg, source);
+	msg->source = src && src->kind == IOTR_PLUGIN_INPUT ? src : NULL;
+	msg->wal_id = id;
+	metrics_add(p->wal_replayed, 1);
+	return admit(p, msg, PUSH_UNTIL_STOP) == IOTR_ESHUTDOWN ? -1 : 0;
+}
+
+/* Feed the queues from the log while `spilling`; see struct pipeline. */
+static void *replayer_main(void *arg)
+{
+	struct pipeline *p = arg;
+
+	pthread_mutex_lock(&p->wal_lock);
+	for (;;) {
+		struct wal_reader *r;
+		uint64_t id;
+		void *data;
+		size_t len;
+		int rc;
+
+		while (!p->spilling && !pipeline_stopping(p)) {
+			struct timespec ts;
+
+			deadline_ts(&ts, 200);
+			pthread_cond_timedwait(&p->wal_cond, &p->wal_lock, &ts);
+		}
+		if (pipeline_stopping(p))
+			break;
+		r = wal_reader_open(p->wal, p->spill_from);
+		pthread_mutex_unlock(&p->wal_lock);
+		if (!r) {
+			log_error("cannot read the write-ahead log in %s; "
+			          "retrying in 1 s", p->cfg->wal_dir);
+			sleep(1);
+			pthread_mutex_lock(&p->wal_lock);
+			continue;
+		}
+		for (;;) {
+			rc = wal_reader_next(r, &id, &data, &len);
+			if (rc == 0) {
+				/* Caught up?  Ask again under the lock, so no
+				 * append slips in between. */
+				pthread_mutex_lock(&p->wal_lock);
+				rc = wal_reader_next(r, &id, &data, &len);
+				if (rc == 0) {
+					p->spilling = 0;
+					log_info("write-ahead log caught up; "
+					         "messages are queued directly "
+					         "again");
+					break;          /* locked */
+				}
+				pthread_mutex_unlock(&p->wal_lock);
+			}
+			if (rc < 0) {
+				log_error("reading the write-ahead log in %s "
+				          "failed (%d); retrying in 1 s",
+				          p->cfg->wal_dir, rc);
+				sleep(1);
+				pthread_mutex_lock(&p->wal_lock);
+				break;                  /* locked */
+			}
+			if (replay_record(p, id, data, len)) {
+				pthread_mutex_lock(&p->wal_lock);
+				break;                  /* locked */
+			}
+		}
+		wal_reader_close(r);
+	}
+	pthread_mutex_unlock(&p->wal_lock);
+	return NULL;
 }
 
 /* --- workers ------------------------------------------------------------ */
@@ -416,8 +671,11 @@ static void run_output(struct pipeline *p, iotr_msg *msg)
 		dead_letter(p, msg, why);
 		return;
 	}
-	lose(p, msg, rc == IOTR_ESHUTDOWN ? "the shutdown deadline passed "
-	     "before the output took it" : "the output could not take it");
+	if (rc == IOTR_ESHUTDOWN)
+		defer(p, msg, "the shutdown deadline passed before the output "
+		      "took it");
+	else
+		lose(p, msg, "the output could not take it");
 }
 
 /* Run the rest of the message's transform chain; 1 if it goes on. */
@@ -542,7 +800,7 @@ int pipeline_transform_emit(struct iotr_instance *t, iotr_msg *msg)
 	}
 	atomic_fetch_add(&p->inflight, 1);
 	metrics_add(p->received, 1);
-	return queue_push(p, &worker_for(p, msg)->q, msg, 1);
+	return queue_push(p, &worker_for(p, msg)->q, msg, PUSH_FORCE);
 }
 
 void pipeline_stop_transform(struct pipeline *p, struct iotr_instance *t)
@@ -581,11 +839,11 @@ void pipeline_delivered(struct iotr_instance *out, iotr_msg *msg, int status,
 		    msg->retries < UINT32_MAX) {
 			msg->retries++;
 			metrics_add(p->retried, 1);
-			queue_push(p, &worker_for(p, msg)->q, msg, 1);
+			queue_push(p, &worker_for(p, msg)->q, msg, PUSH_FORCE);
 			return;
 		}
-		lose(p, msg, reason ? reason : "not delivered before the "
-		     "shutdown deadline");
+		defer(p, msg, reason ? reason : "not delivered before the "
+		      "shutdown deadline");
 		return;
 	default: {
 		char why[1024];
@@ -600,6 +858,53 @@ void pipeline_delivered(struct iotr_instance *out, iotr_msg *msg, int status,
 }
 
 /* --- life cycle ------------------------------------------------------------ */
+
+static int pipeline_open_wal(struct pipeline *p)
+{
+	struct router_config *cfg = p->cfg;
+	struct wal_options o = {
+		.dir = cfg->wal_dir,
+		.segment_bytes = (uint64_t)cfg->wal_segment_bytes,
+		.max_bytes = (uint64_t)cfg->wal_max_bytes,
+		.sync = cfg->wal_fdatasync ? WAL_SYNC_FDATASYNC :
+			WAL_SYNC_WRITE,
+		.sync_interval_ms = cfg->wal_sync_interval_ms,
+		.sync_every = (uint64_t)cfg->wal_sync_every,
+	};
+	struct wal_open_report rep = { 0 };
+	char err[1024];
+
+	if (pthread_mutex_init(&p->wal_lock, NULL) ||
+	    cond_init_monotonic(&p->wal_cond))
+		return -1;
+	p->wal_appended = metrics_counter("router.wal_appended");
+	p->wal_spilled = metrics_counter("router.wal_spilled");
+	p->wal_replayed = metrics_counter("router.wal_replayed");
+	p->wal_dropped = metrics_counter("router.wal_dropped");
+	if (wal_open(&p->wal, &o, &rep, err, sizeof(err))) {
+		log_error("write-ahead log: %s", err);
+		return -1;
+	}
+	if (rep.bytes_truncated || rep.bytes_skipped)
+		log_warning("write-ahead log in %s was damaged (a crash during "
+		            "a write, or a bad disk): truncated a torn tail of "
+		            "%llu bytes, skipped %llu bytes in %llu corrupt "
+		            "regions; every intact record is kept",
+		            cfg->wal_dir,
+		            (unsigned long long)rep.bytes_truncated,
+		            (unsigned long long)rep.bytes_skipped,
+		            (unsigned long long)rep.corrupt_regions);
+	if (rep.records_live) {
+		log_notice("write-ahead log in %s holds %llu undelivered "
+		           "messages from before; sending them first", cfg->wal_dir,
+		           (unsigned long long)rep.records_live);
+		p->spilling = 1;
+		p->spill_from = 0;
+	} else {
+		log_info("write-ahead log in %s is empty", cfg->wal_dir);
+	}
+	return 0;
+}
 
 struct pipeline *pipeline_new(struct router_config *cfg)
 {
@@ -642,6 +947,11 @@ struct pipeline *pipeline_new(struct router_config *cfg)
 	p->oversized = metrics_counter("router.oversized");
 	p->retried = metrics_counter("router.retried");
 	p->lost = metrics_counter("router.lost");
+	p->deferred = metrics_counter("router.deferred");
+	if (cfg->wal_dir && pipeline_open_wal(p)) {
+		pipeline_free(p);
+		return NULL;
+	}
 	return p;
 }
 
@@ -660,6 +970,15 @@ int pipeline_start(struct pipeline *p)
 		}
 		p->workers[i].running = 1;
 	}
+	if (p->wal) {
+		rc = pthread_create(&p->replayer, NULL, replayer_main, p);
+		if (rc) {
+			log_error("cannot start the write-ahead log's replay "
+			          "thread: %s", strerror(rc));
+			return -1;
+		}
+		p->replayer_running = 1;
+	}
 	return 0;
 }
 
@@ -667,6 +986,11 @@ void pipeline_begin_stop(struct pipeline *p, int64_t deadline_ms)
 {
 	atomic_store(&p->deadline_ms, deadline_ms);
 	atomic_store(&p->stopping, 1);
+	if (p->wal) {
+		pthread_mutex_lock(&p->wal_lock);
+		pthread_cond_broadcast(&p->wal_cond);
+		pthread_mutex_unlock(&p->wal_lock);
+	}
 }
 
 void pipeline_deadline_passed(struct pipeline *p)
@@ -711,6 +1035,10 @@ void pipeline_stop_workers(struct pipeline *p)
 {
 	size_t i;
 
+	if (p->replayer_running) {
+		pthread_join(p->replayer, NULL);
+		p->replayer_running = 0;
+	}
 	atomic_store(&p->quit, 1);
 	for (i = 0; i < p->nworkers; i++) {
 		struct queue *q = &p->workers[i].q;
@@ -729,7 +1057,7 @@ void pipeline_stop_workers(struct pipeline *p)
 
 		while ((msg = p->workers[i].q.head)) {
 			p->workers[i].q.head = msg->next;
-			lose(p, msg, "still queued when the router stopped");
+			defer(p, msg, "still queued when the router stopped");
 		}
 		p->workers[i].q.tail = NULL;
 	}
@@ -748,6 +1076,12 @@ void pipeline_free(struct pipeline *p)
 	}
 	pthread_mutex_destroy(&p->drain_lock);
 	pthread_cond_destroy(&p->drain_cond);
+	if (p->wal) {
+		wal_close(p->wal);
+		pthread_mutex_destroy(&p->wal_lock);
+		pthread_cond_destroy(&p->wal_cond);
+	}
+	free(p->record.data);
 	free(p->workers);
 	free(p);
 }

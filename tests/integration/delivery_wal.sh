@@ -1,0 +1,103 @@
+#!/bin/bash
+# delivery_wal.sh - the write-ahead log at its limits, with Kafka away:
+#   1. the disk cap reached with wal_full_policy = "drop_oldest": exactly the
+#      messages counted as dropped are missing, everything else arrives;
+#   2. the cap reached with "block": intake waits, the broker keeps the rest,
+#      and nothing is missing;
+#   3. a log damaged in the middle and at its tail after a crash: the router
+#      starts, reports what it skipped, and delivers the rest.
+. "$(dirname "$0")/../harness/lib.sh"
+. "$(dirname "$0")/../harness/router.sh"
+tmpdir_setup
+
+KAFKA=$(kafka_bootstrap)
+[ -n "$KAFKA" ] || skip_all "no real Kafka broker (IOTR_TEST_KAFKA unset; scripts/test starts one)"
+start_mosquitto || bail_out "mosquitto did not start"
+run=$(unique_name wal)
+
+# $1 name, $2 brokers, $3 extra router settings
+wal_config() {
+	router_config "$1" <<CONF
+router = { workers = 1; queue_size = 100; shutdown_timeout_ms = 3000;
+           wal_dir = "@DIR@/wal-$1"; $3 };
+inputs = ( {
+	name = "sensors"; plugin = "mqtt"; port = @MQTT_PORT@;
+	client_id = "$run-$1"; topics = [ "$run/$1/#" ]; qos = 1;
+	clean_session = false;
+} );
+outputs = ( { name = "kafka"; plugin = "kafka"; brokers = "$2";
+	properties = [ "queue.buffering.max.messages=50" ]; } );
+routes = ( { match = "$run/+case/+device/+sensor"; topic = "$run.\${case}"; key = "\${device}"; } );
+CONF
+}
+
+# 1. drop_oldest
+cap="wal_max_bytes = 65536; wal_segment_bytes = 8192; wal_full_policy = \"drop_oldest\";"
+down=$(wal_config drop 127.0.0.1:1 "$cap")
+sed "s|127.0.0.1:1|$KAFKA|" "$down" >"$TEST_TMPDIR/drop-up.conf"
+router_start "$down" || bail_out "router did not start"
+sim --devices 10 --count 3000 --rate 0 --qos 1 --topic "$run/drop/{device}/{sensor}"
+router_wait_received 3000
+router_stop
+dropped=$(router_counter router.wal_dropped)
+assert_ge 1 "${dropped:-0}" "a 64 KiB log cannot hold 3000 readings: the oldest were dropped and counted (${dropped:-0})"
+assert_cmd "and each drop is logged as an error" \
+	grep -q "dropped its oldest segment" "$ROUTER_LOG"
+router_start "$TEST_TMPDIR/drop-up.conf" || bail_out "router did not restart"
+n=$(wait_kafka_count "$KAFKA" "$run.drop" $((3000 - dropped)) 60)
+sleep 1
+router_stop
+kafka_payloads "$KAFKA" "$run.drop" >"$TEST_TMPDIR/drop.payloads"
+report=$(seq_report 3000 "$TEST_TMPDIR/drop.payloads")
+seq_report 3000 "$TEST_TMPDIR/drop.payloads" >/dev/null
+echo "# disk cap, drop_oldest: $report dropped=$dropped"
+assert_eq "$dropped" "$MISSING" "exactly the dropped messages are missing, no more ($report)"
+
+# 2. block
+cap="wal_max_bytes = 65536; wal_segment_bytes = 8192; wal_full_policy = \"block\";"
+down=$(wal_config block 127.0.0.1:1 "$cap")
+sed "s|127.0.0.1:1|$KAFKA|" "$down" >"$TEST_TMPDIR/block-up.conf"
+router_start "$down" || bail_out "router did not start"
+sim --devices 10 --count 3000 --rate 0 --qos 1 --topic "$run/block/{device}/{sensor}"
+wait_for 20 grep -q "write-ahead log is full" "$ROUTER_LOG"
+assert_cmd "with block, a full log pauses intake and says so" \
+	grep -q "write-ahead log is full" "$ROUTER_LOG"
+received=$(router_live_counter router.received)
+router_stop
+assert_eq 0 "$(router_counter router.lost)" "stopping while intake waits loses nothing"
+router_start "$TEST_TMPDIR/block-up.conf" || bail_out "router did not restart"
+n=$(wait_kafka_count "$KAFKA" "$run.block" 3000 60)
+router_stop
+kafka_payloads "$KAFKA" "$run.block" >"$TEST_TMPDIR/block.payloads"
+report=$(seq_report 3000 "$TEST_TMPDIR/block.payloads")
+seq_report 3000 "$TEST_TMPDIR/block.payloads" >/dev/null
+echo "# disk cap, block: $report (first run took in $received)"
+assert_eq 0 "$MISSING" "the broker held what the log could not: none missing ($report)"
+
+# 3. damage
+down=$(wal_config damage 127.0.0.1:1 "")
+sed "s|127.0.0.1:1|$KAFKA|" "$down" >"$TEST_TMPDIR/damage-up.conf"
+router_start "$down" || bail_out "router did not start"
+sim --devices 10 --count 1000 --rate 0 --qos 1 --topic "$run/damage/{device}/{sensor}"
+router_wait_received 1000
+kill -KILL "$ROUTER_PID"
+wait "$ROUTER_PID" 2>/dev/null
+seg=$(ls "$TEST_TMPDIR"/wal-damage/*.wal | head -1)
+size=$(stat -c %s "$seg")
+diag "damaging $seg ($size bytes): 16 bytes in the middle, 7 bytes off the end"
+printf 'XXXXXXXXXXXXXXXX' | dd of="$seg" bs=1 seek=$((size / 2)) conv=notrunc status=none
+truncate -s $((size - 7)) "$seg"
+router_start "$TEST_TMPDIR/damage-up.conf" || bail_out "router did not start on a damaged log"
+assert_cmd "the router starts on a damaged log and reports what it skipped" \
+	grep -Eq "write-ahead log in .* was damaged.*truncated a torn tail of [1-9][0-9]* bytes, skipped [1-9][0-9]* bytes" "$ROUTER_LOG"
+n=$(wait_kafka_count "$KAFKA" "$run.damage" 995 60)
+sleep 1
+router_stop
+kafka_payloads "$KAFKA" "$run.damage" >"$TEST_TMPDIR/damage.payloads"
+report=$(seq_report 1000 "$TEST_TMPDIR/damage.payloads")
+seq_report 1000 "$TEST_TMPDIR/damage.payloads" >/dev/null
+echo "# damaged log: $report"
+assert_cmd "only the two damaged records are missing ($report)" test "$MISSING" -le 2
+assert_eq 0 "$ROUTER_RC" "and it stops cleanly"
+
+tap_done
