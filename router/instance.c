@@ -216,10 +216,10 @@ void loader_free(struct loader *l)
 	while (so) {
 		struct plugin_so *next = so->next;
 
-		/* Under a leak checker, keep plugins mapped so their
-		 * allocations stay attributed to named frames. */
-		if (!getenv("IOTROUTER_NO_DLCLOSE"))
-			dlclose(so->handle);
+		/* The handle is not dlclose()d: the libraries a plugin brings
+		 * (librdkafka, libmosquitto, OpenSSL) keep process-wide state
+		 * and threads, unloading them at exit gains nothing, and a
+		 * leak checker would take their globals for leaks. */
 		free(so->path);
 		free(so);
 		so = next;

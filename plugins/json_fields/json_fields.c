@@ -107,7 +107,7 @@ struct fields_buf {
 
 static void buf_put(struct fields_buf *b, const char *s, size_t n)
 {
-	if (b->oom)
+	if (b->oom || n == 0)
 		return;
 	if (b->len + n > b->cap) {
 		size_t cap = b->cap ? b->cap : 256;

@@ -50,6 +50,7 @@ static void use_msg(const char *topic, const char *payload)
 {
 	size_t spans[32];
 
+	msg_free(msg);          /* a test may switch messages */
 	msg = msg_new(topic, payload, payload ? strlen(payload) : 0);
 	ck_assert_ptr_nonnull(msg);
 	if (rt.filter.nlevels) {
