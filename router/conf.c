@@ -161,40 +161,6 @@ static int get_bool(struct reader *rd, const config_setting_t *s,
 
 /* --- plugin parameters, checked against the plugin's schema -------------- */
 
-static int param_default(struct param_value *v, const struct iotr_param *p)
-{
-	const char *def = p->default_value;
-
-	if (!def)
-		return 0;
-	switch (p->type) {
-	case IOTR_PARAM_STRING:
-		return (v->str = strdup(def)) ? 0 : -1;
-	case IOTR_PARAM_INT:
-		v->i = strtoll(def, NULL, 0);
-		return 0;
-	case IOTR_PARAM_BOOL:
-		v->i = strcmp(def, "true") == 0 || strcmp(def, "1") == 0;
-		return 0;
-	case IOTR_PARAM_DOUBLE:
-		v->d = strtod(def, NULL);
-		return 0;
-	case IOTR_PARAM_STRING_LIST:
-		if (!(v->strs = calloc(1, sizeof(char *))) ||
-		    !(v->strs[0] = strdup(def)))
-			return -1;
-		v->count = 1;
-		return 0;
-	case IOTR_PARAM_INT_LIST:
-		if (!(v->ints = calloc(1, sizeof(int64_t))))
-			return -1;
-		v->ints[0] = strtoll(def, NULL, 0);
-		v->count = 1;
-		return 0;
-	}
-	return 0;
-}
-
 static int param_range(struct reader *rd, const config_setting_t *s,
                        const struct iotr_instance *inst,
                        const struct iotr_param *p, int64_t v)
@@ -347,7 +313,7 @@ static void read_params(struct reader *rd, const config_setting_t *group,
 		return;
 	}
 	for (i = 0; i < n; i++)
-		if (param_default(&inst->params[i], &d->params[i]))
+		if (param_value_default(&inst->params[i], &d->params[i]))
 			ERR(rd, group, "out of memory");
 	for (i = 0; i < (size_t)config_setting_length(group); i++) {
 		const config_setting_t *s = config_setting_get_elem(group,

@@ -230,6 +230,40 @@ void loader_free(struct loader *l)
 	memset(l, 0, sizeof(*l));
 }
 
+int param_value_default(struct param_value *v, const struct iotr_param *p)
+{
+	const char *def = p->default_value;
+
+	if (!def)
+		return 0;
+	switch (p->type) {
+	case IOTR_PARAM_STRING:
+		return (v->str = strdup(def)) ? 0 : -1;
+	case IOTR_PARAM_INT:
+		v->i = strtoll(def, NULL, 0);
+		return 0;
+	case IOTR_PARAM_BOOL:
+		v->i = strcmp(def, "true") == 0 || strcmp(def, "1") == 0;
+		return 0;
+	case IOTR_PARAM_DOUBLE:
+		v->d = strtod(def, NULL);
+		return 0;
+	case IOTR_PARAM_STRING_LIST:
+		if (!(v->strs = calloc(1, sizeof(char *))) ||
+		    !(v->strs[0] = strdup(def)))
+			return -1;
+		v->count = 1;
+		return 0;
+	case IOTR_PARAM_INT_LIST:
+		if (!(v->ints = calloc(1, sizeof(int64_t))))
+			return -1;
+		v->ints[0] = strtoll(def, NULL, 0);
+		v->count = 1;
+		return 0;
+	}
+	return 0;
+}
+
 int instance_param_index(const struct iotr_instance *inst, const char *key)
 {
 	size_t i;

@@ -72,6 +72,10 @@ void loader_free(struct loader *l);
 const char *plugin_kind_name(int kind);
 const char *param_type_name(int type);
 
+/* Fill v with the schema's default for p (nothing when it has none);
+ * -1 when out of memory. */
+int param_value_default(struct param_value *v, const struct iotr_param *p);
+
 /* Index of key in the instance's schema, or -1. */
 int instance_param_index(const struct iotr_instance *inst, const char *key);
 void instance_free(struct iotr_instance *inst);

@@ -560,40 +560,6 @@ static int ts_run(struct ts *ts)
 
 /* --- set-up ----------------------------------------------------------------------- */
 
-/* Parameter defaults of a schema, as the config reader fills them. */
-static int ts_param_default(struct param_value *v, const struct iotr_param *p)
-{
-	const char *def = p->default_value;
-
-	if (!def)
-		return 0;
-	switch (p->type) {
-	case IOTR_PARAM_STRING:
-		return (v->str = strdup(def)) ? 0 : -1;
-	case IOTR_PARAM_INT:
-	case IOTR_PARAM_BOOL:
-		v->i = p->type == IOTR_PARAM_BOOL ? strcmp(def, "true") == 0 :
-			strtoll(def, NULL, 0);
-		return 0;
-	case IOTR_PARAM_DOUBLE:
-		v->d = strtod(def, NULL);
-		return 0;
-	case IOTR_PARAM_STRING_LIST:
-		if (!(v->strs = calloc(1, sizeof(char *))) ||
-		    !(v->strs[0] = strdup(def)))
-			return -1;
-		v->count = 1;
-		return 0;
-	case IOTR_PARAM_INT_LIST:
-		if (!(v->ints = calloc(1, sizeof(int64_t))))
-			return -1;
-		v->ints[0] = strtoll(def, NULL, 0);
-		v->count = 1;
-		return 0;
-	}
-	return 0;
-}
-
 /* Without a config: an instance of lua.so with its defaults. */
 static int ts_load_plain(struct ts *ts)
 {
@@ -631,7 +597,7 @@ static int ts_load_plain(struct ts *ts)
 	ts->inst = inst;
 	ts->own_inst = 1;
 	for (i = 0; i < n; i++)
-		if (ts_param_default(&inst->params[i], &so->desc->params[i])) {
+		if (param_value_default(&inst->params[i], &so->desc->params[i])) {
 			fprintf(stderr, "iotrouter test-script: out of memory\n");
 			return -1;
 		}
