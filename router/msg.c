@@ -33,31 +33,45 @@ static void *dup_bytes(const void *data, size_t len)
 	return copy;
 }
 
+/*
+ * One allocation holds the message, its topic and its first payload: the
+ * hot path makes one malloc where it would make three.  A payload set later
+ * gets its own buffer (see msg_set_payload).
+ */
 iotr_msg *msg_new(const char *topic, const void *payload, size_t len)
 {
-	iotr_msg *msg = calloc(1, sizeof(*msg));
+	size_t tlen = topic ? strlen(topic) : 0;
+	iotr_msg *msg;
+	char *p;
 
+	if (!payload)
+		len = 0;
+	msg = malloc(sizeof(*msg) + tlen + 1 + len + 1);
 	if (!msg)
 		return NULL;
-	msg->topic = strdup(topic ? topic : "");
-	msg->payload = dup_bytes(payload, payload ? len : 0);
-	msg->payload_len = payload ? len : 0;
-	if (!msg->topic || !msg->payload) {
-		msg_free(msg);
-		return NULL;
-	}
+	memset(msg, 0, sizeof(*msg));
+	p = (char *)(msg + 1);
+	msg->topic = p;
+	memcpy(p, topic ? topic : "", tlen + 1);
+	p += tlen + 1;
+	msg->payload = p;
+	if (len)
+		memcpy(p, payload, len);
+	p[len] = '\0';
+	msg->payload_len = len;
 	msg->time_us = msg_now_us();
 	return msg;
 }
 
+/* Whether the payload lives in the message's own block. */
+static int payload_inline(const iotr_msg *msg)
+{
+	return msg->payload == msg->topic + strlen(msg->topic) + 1;
+}
+
+/* The captures array and its strings are one allocation (route.c). */
 static void msg_drop_captures(iotr_msg *msg)
 {
-	size_t i;
-
-	if (!msg->captures)
-		return;
-	for (i = 0; i < msg->route->filter.ncaptures; i++)
-		free(msg->captures[i]);
 	free(msg->captures);
 	msg->captures = NULL;
 }
@@ -69,19 +83,39 @@ void msg_free(iotr_msg *msg)
 	if (!msg)
 		return;
 	msg_drop_captures(msg);
-	for (i = 0; i < msg->nheaders; i++) {
-		free(msg->headers[i].name);
-		free(msg->headers[i].value);
-	}
+	for (i = 0; i < msg->nheaders; i++)
+		free(msg->headers[i].name);     /* value is in the same block */
 	free(msg->headers);
 	if (msg->json)
 		json_decref(msg->json);
-	free(msg->topic);
-	free(msg->payload);
+	if (!payload_inline(msg))
+		free(msg->payload);
+	msg->payload = NULL;
 	free(msg->key);
 	free(msg->dest);
 	free(msg->error);
 	free(msg);
+}
+
+char **captures_copy(char *const *src, size_t n)
+{
+	size_t i, size = n * sizeof(char *);
+	char **dst, *p;
+
+	for (i = 0; i < n; i++)
+		size += src[i] ? strlen(src[i]) + 1 : 0;
+	if (!(dst = malloc(size ? size : 1)))
+		return NULL;
+	p = (char *)(dst + n);
+	for (i = 0; i < n; i++) {
+		if (!src[i]) {
+			dst[i] = NULL;
+			continue;
+		}
+		dst[i] = p;
+		p = stpcpy(p, src[i]) + 1;
+	}
+	return dst;
 }
 
 iotr_msg *msg_clone(const iotr_msg *src)
@@ -108,17 +142,10 @@ iotr_msg *msg_clone(const iotr_msg *src)
 		if (msg_add_header(msg, src->headers[i].name,
 		                   src->headers[i].value, src->headers[i].len))
 			goto fail;
-	if (src->captures) {
-		size_t n = src->route->filter.ncaptures;
-
-		msg->captures = calloc(n ? n : 1, sizeof(char *));
-		if (!msg->captures)
-			goto fail;
-		for (i = 0; i < n; i++)
-			if (src->captures[i] &&
-			    !(msg->captures[i] = strdup(src->captures[i])))
-				goto fail;
-	}
+	if (src->captures &&
+	    !(msg->captures = captures_copy(src->captures,
+	                                    src->route->filter.ncaptures)))
+		goto fail;
 	return msg;
 fail:
 	msg_free(msg);
@@ -131,7 +158,8 @@ int msg_set_payload(iotr_msg *msg, const void *payload, size_t len)
 
 	if (!copy)
 		return IOTR_ENOMEM;
-	free(msg->payload);
+	if (!payload_inline(msg))
+		free(msg->payload);
 	msg->payload = copy;
 	msg->payload_len = payload ? len : 0;
 	if (msg->json)
@@ -195,14 +223,23 @@ int msg_add_header(iotr_msg *msg, const char *name, const void *value,
 		msg->headers = h;
 		msg->headers_cap = cap;
 	}
+	/* Name and value in one block: one malloc a header. */
 	h = &msg->headers[msg->nheaders];
-	h->name = strdup(name);
-	h->value = dup_bytes(value, value ? len : 0);
-	h->len = value ? len : 0;
-	if (!h->name || !h->value) {
-		free(h->name);
-		free(h->value);
-		return IOTR_ENOMEM;
+	if (!value)
+		len = 0;
+	{
+		size_t nlen = strlen(name);
+		char *block = malloc(nlen + 1 + len + 1);
+
+		if (!block)
+			return IOTR_ENOMEM;
+		memcpy(block, name, nlen + 1);
+		h->name = block;
+		h->value = block + nlen + 1;
+		if (len)
+			memcpy(h->value, value, len);
+		((char *)h->value)[len] = '\0';
+		h->len = len;
 	}
 	msg->nheaders++;
 	return IOTR_OK;
@@ -215,7 +252,6 @@ void msg_remove_header(iotr_msg *msg, const char *name)
 	for (i = 0; i < msg->nheaders; i++) {
 		if (strcmp(msg->headers[i].name, name) == 0) {
 			free(msg->headers[i].name);
-			free(msg->headers[i].value);
 			continue;
 		}
 		msg->headers[kept++] = msg->headers[i];

@@ -24,7 +24,8 @@ struct msg_header {
 };
 
 struct iotr_msg {
-	char *topic;            /* source topic, never NULL */
+	char *topic;            /* source topic, never NULL; in the message's
+	                         * own allocation, like its first payload */
 	void *payload;
 	size_t payload_len;
 	char *key;              /* NULL: no key */
@@ -40,7 +41,8 @@ struct iotr_msg {
 
 	/* Host-only routing state. */
 	const struct route *route;
-	char **captures;        /* parallel to route->filter.captures */
+	char **captures;        /* parallel to route->filter.captures; one
+	                         * allocation (captures_copy) */
 	struct iotr_instance *source;
 	struct iotr_instance *output; /* where it goes: the route's output, or
 	                               * the unmatched / dead-letter output */
@@ -55,6 +57,9 @@ struct iotr_msg {
 
 iotr_msg *msg_new(const char *topic, const void *payload, size_t len);
 iotr_msg *msg_clone(const iotr_msg *msg);
+/* n capture strings (NULL allowed) copied into one allocation: the array
+ * followed by the strings; one free() releases it. */
+char **captures_copy(char *const *src, size_t n);
 void msg_free(iotr_msg *msg);
 
 int msg_set_payload(iotr_msg *msg, const void *payload, size_t len);

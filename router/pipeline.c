@@ -37,7 +37,15 @@ struct queue {
 	iotr_msg *head, *tail;
 	size_t len;
 	size_t cap;
+	/* Threads asleep on the conditions: a signal is only worth its
+	 * syscall when someone waits, which under load is rarely. */
+	int waiting_pop;
+	int waiting_push;
 };
+
+/* A worker takes up to this many messages per lock, so that a busy queue
+ * costs one lock round and no wake-up per message. */
+#define WORKER_BATCH 256
 
 struct worker {
 	struct pipeline *p;
@@ -161,7 +169,9 @@ static int queue_push(struct pipeline *p, struct queue *q, iotr_msg *msg,
 			return mode == PUSH_TRY ? IOTR_ERETRY : IOTR_ESHUTDOWN;
 		}
 		deadline_ts(&ts, 100);
+		q->waiting_push++;
 		pthread_cond_timedwait(&q->not_full, &q->lock, &ts);
+		q->waiting_push--;
 	}
 	msg->next = NULL;
 	if (q->tail)
@@ -170,15 +180,22 @@ static int queue_push(struct pipeline *p, struct queue *q, iotr_msg *msg,
 		q->head = msg;
 	q->tail = msg;
 	q->len++;
-	pthread_cond_signal(&q->not_empty);
+	if (q->waiting_pop)
+		pthread_cond_signal(&q->not_empty);
 	pthread_mutex_unlock(&q->lock);
 	return IOTR_OK;
 }
 
 /* The next message, or NULL after waiting until wake_ms (monotonic). */
-static iotr_msg *queue_pop(struct pipeline *p, struct queue *q, int64_t wake_ms)
+/*
+ * Up to `max` messages in queue order, linked through msg->next, or NULL
+ * after waiting until wake_ms (monotonic) or quit.
+ */
+static iotr_msg *queue_pop(struct pipeline *p, struct queue *q,
+                           int64_t wake_ms, size_t max)
 {
-	iotr_msg *msg;
+	iotr_msg *first, *last;
+	size_t n;
 
 	pthread_mutex_lock(&q->lock);
 	while (!q->head && !atomic_load(&p->quit)) {
@@ -188,19 +205,24 @@ static iotr_msg *queue_pop(struct pipeline *p, struct queue *q, int64_t wake_ms)
 		if (wait <= 0)
 			break;
 		deadline_ts(&ts, wait > 1000 ? 1000 : wait);
+		q->waiting_pop++;
 		pthread_cond_timedwait(&q->not_empty, &q->lock, &ts);
+		q->waiting_pop--;
 	}
-	msg = q->head;
-	if (msg) {
-		q->head = msg->next;
+	first = last = q->head;
+	if (first) {
+		for (n = 1; n < max && last->next; n++)
+			last = last->next;
+		q->head = last->next;
 		if (!q->head)
 			q->tail = NULL;
-		q->len--;
-		msg->next = NULL;
-		pthread_cond_signal(&q->not_full);
+		q->len -= n;
+		last->next = NULL;
+		if (q->waiting_push)
+			pthread_cond_broadcast(&q->not_full);
 	}
 	pthread_mutex_unlock(&q->lock);
-	return msg;
+	return first;
 }
 
 /* --- accounting ------------------------------------------------------------ */
@@ -755,9 +777,9 @@ static void *worker_main(void *arg)
 	int64_t next_tick = tick ? monotonic_ms() + tick : INT64_MAX;
 
 	for (;;) {
-		iotr_msg *msg = queue_pop(p, &w->q, next_tick);
+		iotr_msg *batch = queue_pop(p, &w->q, next_tick, WORKER_BATCH);
 
-		if (!msg && atomic_load(&p->quit))
+		if (!batch && atomic_load(&p->quit))
 			break;
 		if (tick && monotonic_ms() >= next_tick) {
 			run_ticks(w, msg_now_us());
@@ -765,11 +787,15 @@ static void *worker_main(void *arg)
 			if (next_tick < monotonic_ms())
 				next_tick = monotonic_ms() + tick;
 		}
-		if (!msg)
-			continue;
-		if (!msg->dead_letter && !run_transforms(w, msg))
-			continue;
-		run_output(p, msg);
+		while (batch) {
+			iotr_msg *msg = batch;
+
+			batch = msg->next;
+			msg->next = NULL;
+			if (!msg->dead_letter && !run_transforms(w, msg))
+				continue;
+			run_output(p, msg);
+		}
 	}
 	return NULL;
 }

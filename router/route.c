@@ -250,14 +250,21 @@ int route_apply(const struct route *r, iotr_msg *msg, const size_t *spans)
 
 	msg->route = r;
 	if (r->filter.ncaptures) {
-		msg->captures = calloc(r->filter.ncaptures, sizeof(char *));
-		if (!msg->captures)
+		/* The array and its strings in one block (captures_copy's
+		 * layout), cut from the topic. */
+		size_t n = r->filter.ncaptures, size = n * sizeof(char *);
+		char *p;
+
+		for (i = 0; i < n; i++)
+			size += spans[2 * i + 1] + 1;
+		if (!(msg->captures = malloc(size)))
 			return IOTR_ENOMEM;
-		for (i = 0; i < r->filter.ncaptures; i++) {
-			msg->captures[i] = strndup(msg->topic + spans[2 * i],
-			                           spans[2 * i + 1]);
-			if (!msg->captures[i])
-				return IOTR_ENOMEM;
+		p = (char *)(msg->captures + n);
+		for (i = 0; i < n; i++) {
+			msg->captures[i] = p;
+			memcpy(p, msg->topic + spans[2 * i], spans[2 * i + 1]);
+			p += spans[2 * i + 1];
+			*p++ = '\0';
 		}
 	}
 	if (r->topic) {
