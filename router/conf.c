@@ -576,6 +576,9 @@ static void read_router(struct reader *rd, const config_setting_t *g,
 		} else if (strcmp(key, "retry_backoff_ms") == 0) {
 			get_int(rd, s, "router.retry_backoff_ms", 1, 600000,
 			        &cfg->retry_backoff_ms);
+		} else if (strcmp(key, "direct_output") == 0) {
+			get_bool(rd, s, "router.direct_output",
+			         &cfg->direct_output);
 		} else if (strcmp(key, "default_headers") == 0) {
 			get_bool(rd, s, "router.default_headers",
 			         &cfg->default_headers);
@@ -920,6 +923,7 @@ int config_load(const char *path, char *const *extra_dirs, size_t nextra,
 	cfg->stats_interval_s = DEFAULT_STATS_INTERVAL_S;
 	cfg->retry_backoff_ms = DEFAULT_RETRY_BACKOFF_MS;
 	cfg->default_headers = 1;
+	cfg->direct_output = 1;
 	cfg->wal_segment_bytes = DEFAULT_WAL_SEGMENT_BYTES;
 	cfg->wal_max_bytes = DEFAULT_WAL_MAX_BYTES;
 	cfg->wal_sync_interval_ms = DEFAULT_WAL_SYNC_INTERVAL_MS;

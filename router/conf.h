@@ -34,6 +34,7 @@ struct router_config {
 	int64_t stats_interval_s;   /* 0: no periodic stats */
 	int64_t retry_backoff_ms;
 	int default_headers;
+	int direct_output;          /* routes without transforms skip workers */
 	char *dead_letter_topic;    /* NULL: failed messages are logged */
 	struct iotr_instance *dead_letter_output;
 	char *unmatched_topic;      /* NULL: unmatched messages are counted */

@@ -394,6 +394,8 @@ static void ingest_oversized(struct pipeline *p, iotr_msg *msg, size_t size)
 	dead_letter(p, msg, why);
 }
 
+static void run_output(struct pipeline *p, iotr_msg *msg);
+
 /*
  * Route a message and queue it (see enum push_mode).  Returns IOTR_OK when
  * the pipeline took it (queued, dead-lettered, or dropped as unmatched);
@@ -454,6 +456,15 @@ static int admit(struct pipeline *p, iotr_msg *msg, enum push_mode mode)
 	if (oversized ||
 	    (size = msg_size(msg)) > (size_t)cfg->max_message_bytes) {
 		ingest_oversized(p, msg, size);
+		return IOTR_OK;
+	}
+	if (mode == PUSH_BLOCK && cfg->direct_output &&
+	    (!msg->route || !msg->route->ntransforms)) {
+		/* Nothing for a worker to do: hand it to the output on this
+		 * thread, saving a queue and a thread switch per message.
+		 * Order holds per input connection; an output that is full
+		 * blocks this thread, which is the backpressure we want. */
+		run_output(p, msg);
 		return IOTR_OK;
 	}
 	rc = queue_push(p, &worker_for(p, msg)->q, msg, mode);
