@@ -3,22 +3,26 @@
  * libmosquitto and emits every message it receives into the router.
  *
  * Threading: create(), start(), stop() and destroy() run on the router's
- * thread.  start() launches one thread, mqtt_loop(), which owns the mosquitto
- * handle until stop() joins it: it connects, runs mosquitto_loop(), backs off,
- * fails over between brokers and disconnects.  Every libmosquitto callback,
- * and so every host->emit(), runs on that thread.  The router's thread and the
- * loop thread share only the fields under "guarded by lock".
+ * thread.  The instance has `connections` MQTT connections (struct
+ * mqtt_conn), each with its own client id, mosquitto handle and loop thread,
+ * mqtt_loop(), which owns that handle from start() until stop() joins it: it
+ * connects, runs mosquitto_loop(), backs off, fails over between brokers and
+ * disconnects.  Every libmosquitto callback of a connection, and so every
+ * host->emit() of its messages, runs on that connection's thread; the
+ * threads share only the read-only configuration, the counters (atomic, in
+ * the host), the fields under "guarded by lock" and two atomic flags.
  *
- * Delivery: the handle is in threaded mode, so the PUBACK/PUBREC of a message
- * is only queued while on_message runs and reaches the socket after it has
- * returned, i.e. after host->emit() has taken the message (and, with the
- * write-ahead log on, made it durable).
+ * Delivery: the handles are in threaded mode, so the PUBACK/PUBREC of a
+ * message is only queued while on_message runs and reaches the socket after
+ * it has returned, i.e. after host->emit() has taken the message (and, with
+ * the write-ahead log on, made it durable).
  */
 #define _GNU_SOURCE /* strerror_r returning char *, strndup, explicit_bzero */
 
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +43,9 @@
 /* How long one mosquitto_loop() call may sleep: bounds how late the loop
  * thread notices a stop request or an attempt that has taken too long. */
 #define MQTT_LOOP_MS 200
+
+/* Most connections one instance may open (`connections`). */
+#define MQTT_MAX_CONNECTIONS 64
 
 static const struct iotr_param mqtt_params[] = {
 	{ .key = "host", .type = IOTR_PARAM_STRING, .default_value = "127.0.0.1",
@@ -61,6 +68,12 @@ static const struct iotr_param mqtt_params[] = {
 	{ .key = "qos", .type = IOTR_PARAM_INT_LIST, .default_value = "1",
 	  .doc = "Subscription QoS: one value for every topic, or one per topic.",
 	  .min = 0, .max = 2 },
+	{ .key = "connections", .type = IOTR_PARAM_INT, .default_value = "1",
+	  .doc = "MQTT connections to open, each subscribing to every topic; "
+	         "client ids are client_id, client_id-1, client_id-2, ...  With "
+	         "more than one, subscribe with $share/GROUP/filter so that the "
+	         "broker hands each message to one connection only.",
+	  .min = 1, .max = MQTT_MAX_CONNECTIONS },
 	{ .key = "clean_session", .type = IOTR_PARAM_BOOL, .default_value = "false",
 	  .doc = "Start a new session on every connect instead of resuming the "
 	         "one the broker kept (messages queued while offline are lost)." },
@@ -118,39 +131,19 @@ struct mqtt_broker {
 	char *name;             /* "host:port" for messages */
 };
 
-struct mqtt_in {
-	iotr_instance *inst;
-	const struct iotr_host *host;
+struct mqtt_in;
+
+/* One connection to the broker: its own client id, handle and loop thread. */
+struct mqtt_conn {
+	struct mqtt_in *m;      /* the instance it belongs to; borrowed */
+	char *client_id;        /* client_id for the first, "<client_id>-<i>" */
+	const char *tag;        /* "" with one connection, else " as \"client_id\"",
+	                           to tell the connections apart in the log */
+	char *tag_buf;
 	struct mosquitto *mosq;
-
-	/* Configuration, read in create().  Strings from host->param_* are
-	 * borrowed: the host keeps them until destroy(). */
-	struct mqtt_broker *brokers;
-	size_t n_brokers;
-	const char **topics;
-	int *qos;               /* one per topic */
 	int *sub_mid;           /* message id of each topic's SUBSCRIBE */
-	size_t n_topics;
-	int protocol;           /* MQTT_PROTOCOL_V311 or MQTT_PROTOCOL_V5 */
-	const char *client_id;
-	const char *username;
-	int keepalive;
-	bool clean_session;
-	bool tls;
-	bool skip_retained;
-	int64_t reconnect_min_ms;
-	int64_t reconnect_max_ms;
-	int64_t connect_timeout_ms;
 
-	iotr_counter *received;
-	iotr_counter *retained_skipped;
-	iotr_counter *connects;
-	iotr_counter *disconnects;
-
-	/* Guarded by lock; cond signals a change of any of them. */
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	bool stop_requested;
+	/* Guarded by m->lock. */
 	bool first_connack;     /* a CONNACK arrived, accepted or refused */
 
 	/* Router's thread only. */
@@ -166,8 +159,47 @@ struct mqtt_in {
 	int fail_level;         /* log level for the current attempt's failure */
 	char fail_reason[512];  /* why the current attempt failed, "" if unknown */
 	char lib_error[256];    /* libmosquitto's last error log line */
-	bool shutdown_logged;
-	bool emit_error_logged;
+};
+
+struct mqtt_in {
+	iotr_instance *inst;
+	const struct iotr_host *host;
+
+	/* Configuration, read in create().  Strings from host->param_* are
+	 * borrowed: the host keeps them until destroy(). */
+	struct mqtt_broker *brokers;
+	size_t n_brokers;
+	const char **topics;
+	int *qos;               /* one per topic */
+	size_t n_topics;
+	int protocol;           /* MQTT_PROTOCOL_V311 or MQTT_PROTOCOL_V5 */
+	const char *client_id;  /* as configured: the first connection's */
+	const char *username;
+	int keepalive;
+	bool clean_session;
+	bool tls;
+	bool skip_retained;
+	int64_t reconnect_min_ms;
+	int64_t reconnect_max_ms;
+	int64_t connect_timeout_ms;
+
+	struct mqtt_conn *conns;
+	size_t n_conns;
+
+	iotr_counter *received;
+	iotr_counter *retained_skipped;
+	iotr_counter *connects;
+	iotr_counter *disconnects;
+
+	/* Guarded by lock; cond signals a change of any of them (and of the
+	 * connections' first_connack). */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool stop_requested;
+
+	/* Set once by whichever loop thread logs first. */
+	atomic_bool shutdown_logged;
+	atomic_bool emit_error_logged;
 };
 
 static pthread_once_t mqtt_lib_once = PTHREAD_ONCE_INIT;
@@ -204,7 +236,7 @@ static void mqtt_copy_text(char *buf, size_t size, const char *text)
 
 /* Reason text of a libmosquitto return code; err is errno as it was right
  * after the failing call. */
-static void mqtt_describe_rc(struct mqtt_in *m, char *buf, size_t size,
+static void mqtt_describe_rc(struct mqtt_conn *c, char *buf, size_t size,
                              int rc, int err)
 {
 	char text[128];
@@ -213,27 +245,27 @@ static void mqtt_describe_rc(struct mqtt_in *m, char *buf, size_t size,
 		snprintf(buf, size, "%s", strerror_r(err, text, sizeof(text)));
 	} else {
 		mqtt_copy_text(text, sizeof(text), mosquitto_strerror(rc));
-		if (m->lib_error[0])
-			snprintf(buf, size, "%s (%s)", text, m->lib_error);
+		if (c->lib_error[0])
+			snprintf(buf, size, "%s (%s)", text, c->lib_error);
 		else
 			snprintf(buf, size, "%s", text);
 	}
 }
 
-static void mqtt_fail(struct mqtt_in *m, int level, const char *fmt, ...)
+static void mqtt_fail(struct mqtt_conn *c, int level, const char *fmt, ...)
 	IOTR_PRINTF(3, 4);
 
 /* Record why the current connection attempt failed; the first reason wins
  * because later ones are consequences (a refused CONNACK closes the socket). */
-static void mqtt_fail(struct mqtt_in *m, int level, const char *fmt, ...)
+static void mqtt_fail(struct mqtt_conn *c, int level, const char *fmt, ...)
 {
 	va_list ap;
 
-	if (m->fail_reason[0])
+	if (c->fail_reason[0])
 		return;
-	m->fail_level = level;
+	c->fail_level = level;
 	va_start(ap, fmt);
-	vsnprintf(m->fail_reason, sizeof(m->fail_reason), fmt, ap);
+	vsnprintf(c->fail_reason, sizeof(c->fail_reason), fmt, ap);
 	va_end(ap);
 }
 
@@ -242,33 +274,36 @@ static void mqtt_fail(struct mqtt_in *m, int level, const char *fmt, ...)
 static void mqtt_on_log(struct mosquitto *mosq, void *obj, int level,
                         const char *str)
 {
-	struct mqtt_in *m = obj;
+	struct mqtt_conn *c = obj;
+	struct mqtt_in *m = c->m;
 
 	(void)mosq;
 	/* libmosquitto reports TLS failures only through its log; keep the
 	 * last error line to explain the next failed attempt. */
 	if (level & MOSQ_LOG_ERR)
-		snprintf(m->lib_error, sizeof(m->lib_error), "%s", str);
+		snprintf(c->lib_error, sizeof(c->lib_error), "%s", str);
 	if (m->host->log_enabled(m->inst, IOTR_LOG_DEBUG))
-		m->host->log(m->inst, IOTR_LOG_DEBUG, "libmosquitto: %s", str);
+		m->host->log(m->inst, IOTR_LOG_DEBUG, "libmosquitto%s: %s",
+		             c->tag, str);
 }
 
-static void mqtt_subscribe_all(struct mqtt_in *m)
+static void mqtt_subscribe_all(struct mqtt_conn *c)
 {
-	const struct mqtt_broker *b = &m->brokers[m->cur];
+	struct mqtt_in *m = c->m;
+	const struct mqtt_broker *b = &m->brokers[c->cur];
 
 	for (size_t i = 0; i < m->n_topics; i++) {
-		int rc = mosquitto_subscribe_v5(m->mosq, &m->sub_mid[i],
+		int rc = mosquitto_subscribe_v5(c->mosq, &c->sub_mid[i],
 		                                m->topics[i], m->qos[i], 0, NULL);
 		if (rc != MOSQ_ERR_SUCCESS) {
 			char text[128];
 
-			m->sub_mid[i] = -1;
+			c->sub_mid[i] = -1;
 			mqtt_copy_text(text, sizeof(text), mosquitto_strerror(rc));
 			m->host->log(m->inst, IOTR_LOG_ERROR,
-			             "cannot subscribe to \"%s\" on %s: %s; "
+			             "cannot subscribe to \"%s\" on %s%s: %s; "
 			             "it is retried on the next reconnect",
-			             m->topics[i], b->name, text);
+			             m->topics[i], b->name, c->tag, text);
 		}
 	}
 }
@@ -276,29 +311,30 @@ static void mqtt_subscribe_all(struct mqtt_in *m)
 static void mqtt_on_connect(struct mosquitto *mosq, void *obj, int rc,
                             int flags, const mosquitto_property *props)
 {
-	struct mqtt_in *m = obj;
-	const struct mqtt_broker *b = &m->brokers[m->cur];
+	struct mqtt_conn *c = obj;
+	struct mqtt_in *m = c->m;
+	const struct mqtt_broker *b = &m->brokers[c->cur];
 
 	(void)mosq;
 	(void)props;
 	if (rc == 0) {
-		m->up_since = mqtt_now_ms();
-		m->session_up = true;
+		c->up_since = mqtt_now_ms();
+		c->session_up = true;
 		m->host->counter_add(m->connects, 1);
 		m->host->log(m->inst, IOTR_LOG_NOTICE,
 		             "connected to %s as \"%s\" (%s, %s)", b->name,
-		             m->client_id, mqtt_protocol_name(m->protocol),
+		             c->client_id, mqtt_protocol_name(m->protocol),
 		             (flags & 1) ? "session resumed" : "new session");
-		if (!m->clean_session && m->had_session && !(flags & 1))
+		if (!m->clean_session && c->had_session && !(flags & 1))
 			m->host->log(m->inst, IOTR_LOG_WARNING, "%s did not keep the "
 			             "session of \"%s\", so messages published while "
 			             "this client was away are lost; give the broker "
 			             "persistence or raise session_expiry", b->name,
-			             m->client_id);
-		m->had_session = !m->clean_session;
+			             c->client_id);
+		c->had_session = !m->clean_session;
 		/* Subscribe even when the session was resumed: the broker may have
 		 * lost it, and subscribing again to the same filter is harmless. */
-		mqtt_subscribe_all(m);
+		mqtt_subscribe_all(c);
 	} else {
 		bool v5 = m->protocol == MQTT_PROTOCOL_V5;
 		char reason[128];
@@ -312,35 +348,35 @@ static void mqtt_on_connect(struct mosquitto *mosq, void *obj, int rc,
 		    (!v5 && (rc == CONNACK_REFUSED_BAD_USERNAME_PASSWORD ||
 		             rc == CONNACK_REFUSED_NOT_AUTHORIZED))) {
 			if (m->username)
-				mqtt_fail(m, IOTR_LOG_ERROR,
+				mqtt_fail(c, IOTR_LOG_ERROR,
 				          "the broker refused user \"%s\": %s; check "
 				          "username and password (or password_file) "
 				          "against the broker's password file",
 				          m->username, reason);
 			else
-				mqtt_fail(m, IOTR_LOG_ERROR,
+				mqtt_fail(c, IOTR_LOG_ERROR,
 				          "the broker refused an anonymous login: %s; "
 				          "set username and password (or password_file)",
 				          reason);
 		} else if ((v5 && rc == MQTT_RC_CLIENTID_NOT_VALID) ||
 		           (!v5 && rc == CONNACK_REFUSED_IDENTIFIER_REJECTED)) {
-			mqtt_fail(m, IOTR_LOG_ERROR,
+			mqtt_fail(c, IOTR_LOG_ERROR,
 			          "the broker rejected client_id \"%s\": %s; choose "
-			          "another client_id", m->client_id, reason);
+			          "another client_id", c->client_id, reason);
 		} else if ((v5 && rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION) ||
 		           (!v5 && rc == CONNACK_REFUSED_PROTOCOL_VERSION)) {
-			mqtt_fail(m, IOTR_LOG_ERROR,
+			mqtt_fail(c, IOTR_LOG_ERROR,
 			          "the broker does not speak %s: %s; set protocol = "
 			          "\"%s\"", mqtt_protocol_name(m->protocol), reason,
 			          v5 ? "3.1.1" : "5");
 		} else {
-			mqtt_fail(m, IOTR_LOG_WARNING, "the broker refused the "
+			mqtt_fail(c, IOTR_LOG_WARNING, "the broker refused the "
 			          "connection: %s", reason);
 		}
 	}
 
 	pthread_mutex_lock(&m->lock);
-	m->first_connack = true;
+	c->first_connack = true;
 	pthread_cond_broadcast(&m->cond);
 	pthread_mutex_unlock(&m->lock);
 }
@@ -349,25 +385,25 @@ static void mqtt_on_disconnect(struct mosquitto *mosq, void *obj, int rc,
                                const mosquitto_property *props)
 {
 	int err = errno;
-	struct mqtt_in *m = obj;
+	struct mqtt_conn *c = obj;
 	char why[300];
 
 	(void)mosq;
 	(void)props;
-	if (m->session_up) {
-		m->session_up = false;
-		m->host->counter_add(m->disconnects, 1);
+	if (c->session_up) {
+		c->session_up = false;
+		c->m->host->counter_add(c->m->disconnects, 1);
 	}
 	/* rc is a MOSQ_ERR_* code, except after a DISCONNECT packet from an
 	 * MQTT 5 broker, when it is that packet's reason code (0x80 and up). */
 	if (rc == 0)
-		mqtt_fail(m, IOTR_LOG_NOTICE, "disconnected on request");
+		mqtt_fail(c, IOTR_LOG_NOTICE, "disconnected on request");
 	else if (rc >= 0x80)
-		mqtt_fail(m, IOTR_LOG_WARNING, "the broker closed the connection: %s",
+		mqtt_fail(c, IOTR_LOG_WARNING, "the broker closed the connection: %s",
 		          mosquitto_reason_string(rc));
 	else {
-		mqtt_describe_rc(m, why, sizeof(why), rc, err);
-		mqtt_fail(m, IOTR_LOG_WARNING, "%s", why);
+		mqtt_describe_rc(c, why, sizeof(why), rc, err);
+		mqtt_fail(c, IOTR_LOG_WARNING, "%s", why);
 	}
 }
 
@@ -375,34 +411,35 @@ static void mqtt_on_subscribe(struct mosquitto *mosq, void *obj, int mid,
                               int qos_count, const int *granted,
                               const mosquitto_property *props)
 {
-	struct mqtt_in *m = obj;
-	const struct mqtt_broker *b = &m->brokers[m->cur];
+	struct mqtt_conn *c = obj;
+	struct mqtt_in *m = c->m;
+	const struct mqtt_broker *b = &m->brokers[c->cur];
 	size_t i;
 
 	(void)mosq;
 	(void)props;
 	for (i = 0; i < m->n_topics; i++)
-		if (m->sub_mid[i] == mid)
+		if (c->sub_mid[i] == mid)
 			break;
 	if (i == m->n_topics || qos_count < 1)
 		return;
 
 	if (granted[0] >= 0x80) {
 		m->host->log(m->inst, IOTR_LOG_ERROR,
-		             "%s refused the subscription to \"%s\": %s; check the "
-		             "filter and the broker's ACL for user \"%s\"", b->name,
-		             m->topics[i],
+		             "%s refused the subscription to \"%s\"%s: %s; check "
+		             "the filter and the broker's ACL for user \"%s\"",
+		             b->name, m->topics[i], c->tag,
 		             m->protocol == MQTT_PROTOCOL_V5
 		             ? mosquitto_reason_string(granted[0]) : "Failure",
 		             m->username ? m->username : "(anonymous)");
 	} else if (granted[0] < m->qos[i]) {
 		m->host->log(m->inst, IOTR_LOG_WARNING,
-		             "%s granted QoS %d for \"%s\" (asked for %d); messages "
-		             "on it arrive with at most QoS %d", b->name, granted[0],
-		             m->topics[i], m->qos[i], granted[0]);
+		             "%s granted QoS %d for \"%s\"%s (asked for %d); "
+		             "messages on it arrive with at most QoS %d", b->name,
+		             granted[0], m->topics[i], c->tag, m->qos[i], granted[0]);
 	} else {
-		m->host->log(m->inst, IOTR_LOG_NOTICE, "subscribed to \"%s\" (QoS %d)",
-		             m->topics[i], granted[0]);
+		m->host->log(m->inst, IOTR_LOG_NOTICE, "subscribed to \"%s\" "
+		             "(QoS %d)%s", m->topics[i], granted[0], c->tag);
 	}
 }
 
@@ -462,7 +499,8 @@ static void mqtt_on_message(struct mosquitto *mosq, void *obj,
                             const struct mosquitto_message *mm,
                             const mosquitto_property *props)
 {
-	struct mqtt_in *m = obj;
+	struct mqtt_conn *c = obj;
+	struct mqtt_in *m = c->m;
 	const struct iotr_host *h = m->host;
 	iotr_msg *msg;
 	int rc;
@@ -487,15 +525,12 @@ static void mqtt_on_message(struct mosquitto *mosq, void *obj,
 
 	rc = h->emit(m->inst, msg);
 	if (rc == IOTR_ESHUTDOWN) {
-		if (!m->shutdown_logged) {
-			m->shutdown_logged = true;
+		if (!atomic_exchange(&m->shutdown_logged, true))
 			h->log(m->inst, IOTR_LOG_WARNING, "the router is shutting "
 			       "down and refused a message on \"%s\" from %s (it "
 			       "counts it as lost); later refusals are not logged",
-			       mm->topic, m->brokers[m->cur].name);
-		}
-	} else if (rc != IOTR_OK && !m->emit_error_logged) {
-		m->emit_error_logged = true;
+			       mm->topic, m->brokers[c->cur].name);
+	} else if (rc != IOTR_OK && !atomic_exchange(&m->emit_error_logged, true)) {
 		h->log(m->inst, IOTR_LOG_ERROR, "the router refused a message on "
 		       "\"%s\" (status %d); later refusals are not logged",
 		       mm->topic, rc);
@@ -538,36 +573,37 @@ static bool mqtt_sleep(struct mqtt_in *m, int64_t ms)
 
 /* Run the connection to the current broker until it fails, an attempt times
  * out, or stop() is called (then disconnect cleanly). */
-static void mqtt_run_connection(struct mqtt_in *m)
+static void mqtt_run_connection(struct mqtt_conn *c)
 {
+	struct mqtt_in *m = c->m;
 	int64_t started = mqtt_now_ms();
 	int rc;
 
 	for (;;) {
 		if (mqtt_stop_requested(m)) {
-			if (!m->session_up)
+			if (!c->session_up)
 				return;
 			/* Queued PUBACKs go out before the DISCONNECT; bound the wait
 			 * in case the network is gone. */
-			rc = mosquitto_disconnect_v5(m->mosq, MQTT_RC_NORMAL_DISCONNECTION,
+			rc = mosquitto_disconnect_v5(c->mosq, MQTT_RC_NORMAL_DISCONNECTION,
 			                             NULL);
 			started = mqtt_now_ms();
-			while (rc == MOSQ_ERR_SUCCESS && m->session_up &&
+			while (rc == MOSQ_ERR_SUCCESS && c->session_up &&
 			       mqtt_now_ms() - started < m->connect_timeout_ms)
-				rc = mosquitto_loop(m->mosq, MQTT_LOOP_MS, 1);
+				rc = mosquitto_loop(c->mosq, MQTT_LOOP_MS, 1);
 			return;
 		}
-		rc = mosquitto_loop(m->mosq, MQTT_LOOP_MS, 1);
+		rc = mosquitto_loop(c->mosq, MQTT_LOOP_MS, 1);
 		if (rc != MOSQ_ERR_SUCCESS) {
 			char why[300];
 
-			mqtt_describe_rc(m, why, sizeof(why), rc, errno);
-			mqtt_fail(m, IOTR_LOG_WARNING, "%s", why);
+			mqtt_describe_rc(c, why, sizeof(why), rc, errno);
+			mqtt_fail(c, IOTR_LOG_WARNING, "%s", why);
 			return;
 		}
-		if (!m->up_since && mqtt_now_ms() - started >= m->connect_timeout_ms) {
+		if (!c->up_since && mqtt_now_ms() - started >= m->connect_timeout_ms) {
 			/* The next connect call closes this socket. */
-			mqtt_fail(m, IOTR_LOG_WARNING, "no CONNACK within %" PRId64
+			mqtt_fail(c, IOTR_LOG_WARNING, "no CONNACK within %" PRId64
 			          " ms (connect_timeout_ms)", m->connect_timeout_ms);
 			return;
 		}
@@ -576,36 +612,38 @@ static void mqtt_run_connection(struct mqtt_in *m)
 
 static void *mqtt_loop(void *arg)
 {
-	struct mqtt_in *m = arg;
+	struct mqtt_conn *c = arg;
+	struct mqtt_in *m = c->m;
 	int64_t delay = m->reconnect_min_ms;
 
 	while (!mqtt_stop_requested(m)) {
-		const struct mqtt_broker *b = &m->brokers[m->cur];
+		const struct mqtt_broker *b = &m->brokers[c->cur];
 		int rc;
 
-		m->up_since = 0;
-		m->session_up = false;
-		m->fail_level = IOTR_LOG_WARNING;
-		m->fail_reason[0] = '\0';
-		m->lib_error[0] = '\0';
+		c->up_since = 0;
+		c->session_up = false;
+		c->fail_level = IOTR_LOG_WARNING;
+		c->fail_reason[0] = '\0';
+		c->lib_error[0] = '\0';
 
-		rc = mosquitto_connect_bind_async(m->mosq, b->host, b->port,
+		rc = mosquitto_connect_bind_async(c->mosq, b->host, b->port,
 		                                  m->keepalive, NULL);
 		if (rc == MOSQ_ERR_SUCCESS) {
-			mqtt_run_connection(m);
+			mqtt_run_connection(c);
 		} else {
 			char why[300];
 
-			mqtt_describe_rc(m, why, sizeof(why), rc, errno);
-			mqtt_fail(m, IOTR_LOG_WARNING, "%s", why);
+			mqtt_describe_rc(c, why, sizeof(why), rc, errno);
+			mqtt_fail(c, IOTR_LOG_WARNING, "%s", why);
 		}
 
-		if (m->up_since) {
-			int64_t up = mqtt_now_ms() - m->up_since;
+		if (c->up_since) {
+			int64_t up = mqtt_now_ms() - c->up_since;
 
 			if (mqtt_stop_requested(m)) {
 				m->host->log(m->inst, IOTR_LOG_NOTICE,
-				             "disconnected from %s (stopping)", b->name);
+				             "disconnected from %s%s (stopping)", b->name,
+				             c->tag);
 				break;
 			}
 			/* A connection that stayed up a while starts the back-off
@@ -614,20 +652,20 @@ static void *mqtt_loop(void *arg)
 			if (up >= m->reconnect_max_ms)
 				delay = m->reconnect_min_ms;
 			m->host->log(m->inst, IOTR_LOG_NOTICE,
-			             "disconnected from %s: %s; reconnecting in %" PRId64
-			             " ms", b->name,
-			             m->fail_reason[0] ? m->fail_reason : "unknown reason",
+			             "disconnected from %s%s: %s; reconnecting in %"
+			             PRId64 " ms", b->name, c->tag,
+			             c->fail_reason[0] ? c->fail_reason : "unknown reason",
 			             delay);
 		} else {
 			if (mqtt_stop_requested(m))
 				break;
-			m->cur = (m->cur + 1) % m->n_brokers;
-			m->host->log(m->inst, m->fail_level,
-			             "cannot connect to %s: %s; next attempt in %" PRId64
-			             " ms%s%s", b->name,
-			             m->fail_reason[0] ? m->fail_reason : "unknown reason",
+			c->cur = (c->cur + 1) % m->n_brokers;
+			m->host->log(m->inst, c->fail_level,
+			             "cannot connect to %s%s: %s; next attempt in %" PRId64
+			             " ms%s%s", b->name, c->tag,
+			             c->fail_reason[0] ? c->fail_reason : "unknown reason",
 			             delay, m->n_brokers > 1 ? " to " : "",
-			             m->n_brokers > 1 ? m->brokers[m->cur].name : "");
+			             m->n_brokers > 1 ? m->brokers[c->cur].name : "");
 		}
 		if (!mqtt_sleep(m, delay))
 			break;
@@ -768,8 +806,7 @@ static int mqtt_config_topics(struct mqtt_in *m)
 
 	m->topics = calloc(n, sizeof(*m->topics));
 	m->qos = calloc(n, sizeof(*m->qos));
-	m->sub_mid = calloc(n, sizeof(*m->sub_mid));
-	if (!m->topics || !m->qos || !m->sub_mid)
+	if (!m->topics || !m->qos)
 		return IOTR_ENOMEM;
 	m->n_topics = n;
 
@@ -790,7 +827,16 @@ static int mqtt_config_topics(struct mqtt_in *m)
 		}
 		m->topics[i] = t;
 		m->qos[i] = (int)q;
-		m->sub_mid[i] = -1;
+		/* Every connection subscribes to every filter: a plain one hands
+		 * each of them every message, a shared one hands each message to
+		 * one member of the group. */
+		if (m->n_conns > 1 && strncmp(t, "$share/", 7) != 0)
+			h->log(m->inst, IOTR_LOG_WARNING, "connections = %zu but "
+			       "topics[%zu] = \"%s\" is not a shared subscription, "
+			       "so each of the %zu connections receives every message "
+			       "on it and the router takes each one %zu times; write "
+			       "\"$share/GROUP/%s\"", m->n_conns, i, t, m->n_conns,
+			       m->n_conns, t);
 	}
 	return IOTR_OK;
 }
@@ -820,16 +866,17 @@ static char *mqtt_read_first_line(const char *path, int *err)
 	return line;
 }
 
-static int mqtt_config_credentials(struct mqtt_in *m)
+/* Read username and the password (from password or password_file) and
+ * check them; *password is a copy the caller wipes and frees, or NULL. */
+static int mqtt_config_credentials(struct mqtt_in *m, char **password)
 {
 	const struct iotr_host *h = m->host;
-	const char *password = h->param_string(m->inst, "password");
+	const char *value = h->param_string(m->inst, "password");
 	const char *file = h->param_string(m->inst, "password_file");
-	char *from_file = NULL;
-	int rc;
 
+	*password = NULL;
 	m->username = h->param_string(m->inst, "username");
-	if (password && file) {
+	if (value && file) {
 		h->log(m->inst, IOTR_LOG_ERROR, "both password and password_file "
 		       "are set; keep one of them");
 		return IOTR_EINVAL;
@@ -837,8 +884,8 @@ static int mqtt_config_credentials(struct mqtt_in *m)
 	if (file) {
 		int err;
 
-		from_file = mqtt_read_first_line(file, &err);
-		if (!from_file) {
+		*password = mqtt_read_first_line(file, &err);
+		if (!*password) {
 			char ebuf[128];
 
 			h->log(m->inst, IOTR_LOG_ERROR, "password_file \"%s\": %s; the "
@@ -847,23 +894,15 @@ static int mqtt_config_credentials(struct mqtt_in *m)
 			                 : "the file is empty");
 			return IOTR_EINVAL;
 		}
-		password = from_file;
+	} else if (value && !(*password = strdup(value))) {
+		return IOTR_ENOMEM;
 	}
-	if (password && !m->username && m->protocol != MQTT_PROTOCOL_V5) {
+	if (*password && !m->username && m->protocol != MQTT_PROTOCOL_V5) {
 		h->log(m->inst, IOTR_LOG_ERROR, "a password is set without "
 		       "username; MQTT 3.1.1 needs both, so set username");
-		rc = IOTR_EINVAL;
-	} else if (!m->username && !password) {
-		rc = IOTR_OK;
-	} else {
-		rc = mosquitto_username_pw_set(m->mosq, m->username, password)
-		     == MOSQ_ERR_SUCCESS ? IOTR_OK : IOTR_ENOMEM;
+		return IOTR_EINVAL;
 	}
-	if (from_file) {
-		explicit_bzero(from_file, strlen(from_file));
-		free(from_file);
-	}
-	return rc;
+	return IOTR_OK;
 }
 
 /* An encrypted key would make OpenSSL prompt on the terminal; refuse it. */
@@ -876,8 +915,11 @@ static int mqtt_no_key_password(char *buf, int size, int rwflag, void *userdata)
 	return 0;
 }
 
-static int mqtt_config_tls(struct mqtt_in *m, bool uri_tls)
+/* Set up TLS on connection c's handle.  The checks give the same answer
+ * for every connection, so only the first one logs its warnings. */
+static int mqtt_config_tls(struct mqtt_conn *c, bool uri_tls)
 {
+	struct mqtt_in *m = c->m;
 	static const char *const files[] = {
 		"tls_ca_file", "tls_ca_path", "tls_cert_file", "tls_key_file",
 		"tls_version"
@@ -931,7 +973,7 @@ static int mqtt_config_tls(struct mqtt_in *m, bool uri_tls)
 	}
 
 	if (ca_file || ca_path) {
-		rc = mosquitto_tls_set(m->mosq, ca_file, ca_path, cert, key,
+		rc = mosquitto_tls_set(c->mosq, ca_file, ca_path, cert, key,
 		                       mqtt_no_key_password);
 	} else if (cert) {
 		h->log(m->inst, IOTR_LOG_ERROR, "tls_cert_file needs tls_ca_file or "
@@ -939,7 +981,7 @@ static int mqtt_config_tls(struct mqtt_in *m, bool uri_tls)
 		       "certificate with the system's CAs); set one of them");
 		return IOTR_EINVAL;
 	} else {
-		rc = mosquitto_int_option(m->mosq, MOSQ_OPT_TLS_USE_OS_CERTS, 1);
+		rc = mosquitto_int_option(c->mosq, MOSQ_OPT_TLS_USE_OS_CERTS, 1);
 	}
 	if (rc != MOSQ_ERR_SUCCESS) {
 		char text[128];
@@ -953,7 +995,7 @@ static int mqtt_config_tls(struct mqtt_in *m, bool uri_tls)
 
 	m->tls = true;
 	if (version || !verify)
-		rc = mosquitto_tls_opts_set(m->mosq, verify ? 1 : 0, version, NULL);
+		rc = mosquitto_tls_opts_set(c->mosq, verify ? 1 : 0, version, NULL);
 	if (rc != MOSQ_ERR_SUCCESS) {
 		h->log(m->inst, IOTR_LOG_ERROR, "tls_version = \"%s\" is not "
 		       "supported; use \"tlsv1.1\", \"tlsv1.2\" or \"tlsv1.3\", or "
@@ -961,11 +1003,12 @@ static int mqtt_config_tls(struct mqtt_in *m, bool uri_tls)
 		return IOTR_EINVAL;
 	}
 	if (!verify) {
-		mosquitto_tls_insecure_set(m->mosq, true);
-		h->log(m->inst, IOTR_LOG_WARNING, "tls_verify = false: the broker's "
-		       "certificate and host name are not checked, so anyone on the "
-		       "path can impersonate it; set tls_ca_file and remove "
-		       "tls_verify outside tests");
+		mosquitto_tls_insecure_set(c->mosq, true);
+		if (c == &m->conns[0])
+			h->log(m->inst, IOTR_LOG_WARNING, "tls_verify = false: the "
+			       "broker's certificate and host name are not checked, "
+			       "so anyone on the path can impersonate it; set "
+			       "tls_ca_file and remove tls_verify outside tests");
 	}
 	return IOTR_OK;
 }
@@ -976,8 +1019,9 @@ static int mqtt_config_tls(struct mqtt_in *m, bool uri_tls)
  * sends the stored ones.  With host NULL it stores them and returns
  * MOSQ_ERR_INVAL without touching the network.  (Checked against 2.0.11 and
  * the current 2.0 sources; the persistent-session test fails if it breaks.) */
-static int mqtt_config_connect_properties(struct mqtt_in *m, int64_t expiry)
+static int mqtt_config_connect_properties(struct mqtt_conn *c, int64_t expiry)
 {
+	struct mqtt_in *m = c->m;
 	mosquitto_property *props = NULL;
 	int major, minor, revision, rc;
 
@@ -994,7 +1038,7 @@ static int mqtt_config_connect_properties(struct mqtt_in *m, int64_t expiry)
 	if (mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
 	                                 (uint32_t)expiry) != MOSQ_ERR_SUCCESS)
 		return IOTR_ENOMEM;
-	rc = mosquitto_connect_bind_v5(m->mosq, NULL, 0, m->keepalive, NULL, props);
+	rc = mosquitto_connect_bind_v5(c->mosq, NULL, 0, m->keepalive, NULL, props);
 	mosquitto_property_free_all(&props);
 	if (rc != MOSQ_ERR_INVAL) {
 		m->host->log(m->inst, IOTR_LOG_ERROR, "cannot set the MQTT 5 session "
@@ -1008,14 +1052,81 @@ static int mqtt_config_connect_properties(struct mqtt_in *m, int64_t expiry)
 
 /* -- lifecycle ----------------------------------------------------------------- */
 
+static int mqtt_stop(void *state);
 static void mqtt_destroy(void *state);
+
+/* Make connection i's handle: its client id, the options, credentials, TLS
+ * and session settings shared by all connections, and the callbacks. */
+static int mqtt_conn_setup(struct mqtt_in *m, size_t i, const char *password,
+                           bool uri_tls, int64_t expiry)
+{
+	const struct iotr_host *host = m->host;
+	iotr_instance *inst = m->inst;
+	struct mqtt_conn *c = &m->conns[i];
+	int rc;
+
+	c->m = m;
+	c->tag = "";
+	if (i == 0)
+		c->client_id = strdup(m->client_id);
+	else if (asprintf(&c->client_id, "%s-%zu", m->client_id, i) < 0)
+		c->client_id = NULL;
+	c->sub_mid = calloc(m->n_topics, sizeof(*c->sub_mid));
+	if (!c->client_id || !c->sub_mid)
+		return IOTR_ENOMEM;
+	if (m->n_conns > 1) {
+		if (asprintf(&c->tag_buf, " as \"%s\"", c->client_id) < 0) {
+			c->tag_buf = NULL;
+			return IOTR_ENOMEM;
+		}
+		c->tag = c->tag_buf;
+	}
+	for (size_t t = 0; t < m->n_topics; t++)
+		c->sub_mid[t] = -1;
+
+	c->mosq = mosquitto_new(c->client_id, m->clean_session, c);
+	if (!c->mosq) {
+		host->log(inst, IOTR_LOG_ERROR, "mosquitto_new failed for client_id "
+		          "\"%s\": %s", c->client_id,
+		          errno == EINVAL ? "invalid client_id" : "out of memory");
+		return errno == EINVAL ? IOTR_EINVAL : IOTR_ENOMEM;
+	}
+	/* Threaded mode: acks are queued, not written, inside on_message. */
+	mosquitto_threaded_set(c->mosq, true);
+	mosquitto_int_option(c->mosq, MOSQ_OPT_PROTOCOL_VERSION, m->protocol);
+	mosquitto_int_option(c->mosq, MOSQ_OPT_RECEIVE_MAXIMUM,
+	                     (int)host->param_int(inst, "receive_maximum"));
+
+	if ((m->username || password) &&
+	    mosquitto_username_pw_set(c->mosq, m->username, password)
+	    != MOSQ_ERR_SUCCESS)
+		return IOTR_ENOMEM;
+	if ((rc = mqtt_config_tls(c, uri_tls)) != IOTR_OK)
+		return rc;
+	/* Without clean_session the session outlives the connection; an MQTT 5
+	 * broker keeps it only as long as the session expiry says (default 0). */
+	if (m->protocol == MQTT_PROTOCOL_V5 && !m->clean_session && expiry > 0 &&
+	    (rc = mqtt_config_connect_properties(c, expiry)) != IOTR_OK)
+		return rc;
+
+	/* The log callback costs a formatted string per packet: only pay for it
+	 * where it explains failures (TLS) or someone reads debug output. */
+	if (m->tls || host->log_enabled(inst, IOTR_LOG_DEBUG))
+		mosquitto_log_callback_set(c->mosq, mqtt_on_log);
+	mosquitto_connect_v5_callback_set(c->mosq, mqtt_on_connect);
+	mosquitto_disconnect_v5_callback_set(c->mosq, mqtt_on_disconnect);
+	mosquitto_subscribe_v5_callback_set(c->mosq, mqtt_on_subscribe);
+	mosquitto_message_v5_callback_set(c->mosq, mqtt_on_message);
+	return IOTR_OK;
+}
 
 static int mqtt_create(iotr_instance *inst, const struct iotr_host *host,
                        void **state)
 {
 	struct mqtt_in *m;
 	const char *protocol;
-	bool clean_session, uri_tls = false;
+	char *password = NULL;
+	bool uri_tls = false;
 	int64_t expiry;
 	pthread_condattr_t cattr;
 	int rc;
@@ -1059,8 +1170,8 @@ static int mqtt_create(iotr_instance *inst, const struct iotr_host *host,
 		rc = IOTR_EINVAL;
 		goto fail;
 	}
-	clean_session = host->param_bool(inst, "clean_session");
-	m->clean_session = clean_session;
+	m->clean_session = host->param_bool(inst, "clean_session");
+	m->n_conns = (size_t)host->param_int(inst, "connections");
 	expiry = host->param_int(inst, "session_expiry");
 	m->keepalive = (int)host->param_int(inst, "keepalive");
 	m->skip_retained = host->param_bool(inst, "skip_retained");
@@ -1076,40 +1187,23 @@ static int mqtt_create(iotr_instance *inst, const struct iotr_host *host,
 	}
 
 	if ((rc = mqtt_config_brokers(m, &uri_tls)) != IOTR_OK ||
-	    (rc = mqtt_config_topics(m)) != IOTR_OK)
+	    (rc = mqtt_config_topics(m)) != IOTR_OK ||
+	    (rc = mqtt_config_credentials(m, &password)) != IOTR_OK)
 		goto fail;
 
-	m->mosq = mosquitto_new(m->client_id, clean_session, m);
-	if (!m->mosq) {
-		host->log(inst, IOTR_LOG_ERROR, "mosquitto_new failed for client_id "
-		          "\"%s\": %s", m->client_id,
-		          errno == EINVAL ? "invalid client_id" : "out of memory");
-		rc = errno == EINVAL ? IOTR_EINVAL : IOTR_ENOMEM;
+	m->conns = calloc(m->n_conns, sizeof(*m->conns));
+	if (!m->conns) {
+		rc = IOTR_ENOMEM;
 		goto fail;
 	}
-	/* Threaded mode: acks are queued, not written, inside on_message. */
-	mosquitto_threaded_set(m->mosq, true);
-	mosquitto_int_option(m->mosq, MOSQ_OPT_PROTOCOL_VERSION, m->protocol);
-	mosquitto_int_option(m->mosq, MOSQ_OPT_RECEIVE_MAXIMUM,
-	                     (int)host->param_int(inst, "receive_maximum"));
-
-	if ((rc = mqtt_config_credentials(m)) != IOTR_OK ||
-	    (rc = mqtt_config_tls(m, uri_tls)) != IOTR_OK)
-		goto fail;
-	/* Without clean_session the session outlives the connection; an MQTT 5
-	 * broker keeps it only as long as the session expiry says (default 0). */
-	if (m->protocol == MQTT_PROTOCOL_V5 && !clean_session && expiry > 0 &&
-	    (rc = mqtt_config_connect_properties(m, expiry)) != IOTR_OK)
-		goto fail;
-
-	/* The log callback costs a formatted string per packet: only pay for it
-	 * where it explains failures (TLS) or someone reads debug output. */
-	if (m->tls || host->log_enabled(inst, IOTR_LOG_DEBUG))
-		mosquitto_log_callback_set(m->mosq, mqtt_on_log);
-	mosquitto_connect_v5_callback_set(m->mosq, mqtt_on_connect);
-	mosquitto_disconnect_v5_callback_set(m->mosq, mqtt_on_disconnect);
-	mosquitto_subscribe_v5_callback_set(m->mosq, mqtt_on_subscribe);
-	mosquitto_message_v5_callback_set(m->mosq, mqtt_on_message);
+	for (size_t i = 0; i < m->n_conns; i++)
+		if ((rc = mqtt_conn_setup(m, i, password, uri_tls, expiry)) != IOTR_OK)
+			goto fail;
+	if (password) {
+		explicit_bzero(password, strlen(password));
+		free(password);
+		password = NULL;
+	}
 
 	m->received = host->counter(inst, "received");
 	m->retained_skipped = host->counter(inst, "retained_skipped");
@@ -1121,6 +1215,10 @@ fail:
 	if (rc == IOTR_ENOMEM)
 		host->log(inst, IOTR_LOG_ERROR, "out of memory while reading the "
 		          "configuration");
+	if (password) {
+		explicit_bzero(password, strlen(password));
+		free(password);
+	}
 	mqtt_destroy(m);
 	*state = NULL;
 	return rc;
@@ -1130,23 +1228,31 @@ static int mqtt_start(void *state)
 {
 	struct mqtt_in *m = state;
 	struct timespec until;
+	size_t i, answered;
 	int rc;
 
 	m->stop_requested = false;
-	m->first_connack = false;
-	rc = pthread_create(&m->thread, NULL, mqtt_loop, m);
-	if (rc != 0) {
-		char ebuf[128];
+	for (i = 0; i < m->n_conns; i++) {
+		struct mqtt_conn *c = &m->conns[i];
 
-		m->host->log(m->inst, IOTR_LOG_ERROR, "cannot start the MQTT thread: "
-		             "%s", strerror_r(rc, ebuf, sizeof(ebuf)));
-		return IOTR_FAIL;
+		c->first_connack = false;
+		rc = pthread_create(&c->thread, NULL, mqtt_loop, c);
+		if (rc != 0) {
+			char ebuf[128];
+
+			m->host->log(m->inst, IOTR_LOG_ERROR, "cannot start the MQTT "
+			             "thread%s: %s", c->tag,
+			             strerror_r(rc, ebuf, sizeof(ebuf)));
+			mqtt_stop(m);
+			return IOTR_FAIL;
+		}
+		c->thread_running = true;
 	}
-	m->thread_running = true;
 
-	/* Wait for the first CONNACK so that the subscriptions are normally in
-	 * place when the router reports it has started; a broker that is down
-	 * is not a reason to fail, the loop keeps trying. */
+	/* Wait for the first CONNACK of every connection so that the
+	 * subscriptions are normally in place when the router reports it has
+	 * started; a broker that is down is not a reason to fail, the loops
+	 * keep trying. */
 	clock_gettime(CLOCK_MONOTONIC, &until);
 	until.tv_sec += m->connect_timeout_ms / 1000;
 	until.tv_nsec += (m->connect_timeout_ms % 1000) * 1000000;
@@ -1155,17 +1261,28 @@ static int mqtt_start(void *state)
 		until.tv_nsec -= 1000000000;
 	}
 	pthread_mutex_lock(&m->lock);
-	while (!m->first_connack &&
-	       pthread_cond_timedwait(&m->cond, &m->lock, &until) != ETIMEDOUT)
-		;
-	rc = m->first_connack;
+	for (;;) {
+		for (answered = 0, i = 0; i < m->n_conns; i++)
+			answered += m->conns[i].first_connack;
+		if (answered == m->n_conns ||
+		    pthread_cond_timedwait(&m->cond, &m->lock, &until) == ETIMEDOUT)
+			break;
+	}
+	for (answered = 0, i = 0; i < m->n_conns; i++)
+		answered += m->conns[i].first_connack;
 	pthread_mutex_unlock(&m->lock);
-	if (!rc)
+	if (answered == 0)
 		m->host->log(m->inst, IOTR_LOG_WARNING, "not connected to %s%s after "
 		             "%" PRId64 " ms; starting anyway and retrying in the "
 		             "background (see the connection errors logged)",
 		             m->brokers[0].name, m->n_brokers > 1 ? " or the other "
 		             "brokers" : "", m->connect_timeout_ms);
+	else if (answered < m->n_conns)
+		m->host->log(m->inst, IOTR_LOG_WARNING, "%zu of %zu connections "
+		             "have no answer from the broker after %" PRId64 " ms; "
+		             "starting anyway and retrying in the background (see the "
+		             "connection errors logged)", m->n_conns - answered,
+		             m->n_conns, m->connect_timeout_ms);
 	return IOTR_OK;
 }
 
@@ -1173,16 +1290,21 @@ static int mqtt_stop(void *state)
 {
 	struct mqtt_in *m = state;
 
-	if (!m->thread_running)
-		return IOTR_OK;
 	pthread_mutex_lock(&m->lock);
 	m->stop_requested = true;
 	pthread_cond_broadcast(&m->cond);
 	pthread_mutex_unlock(&m->lock);
 	/* May wait for an emit() blocked on backpressure: the host makes it
-	 * return by the shutdown deadline. */
-	pthread_join(m->thread, NULL);
-	m->thread_running = false;
+	 * return by the shutdown deadline.  The loops see the request at once
+	 * and disconnect in parallel. */
+	for (size_t i = 0; i < m->n_conns; i++) {
+		struct mqtt_conn *c = &m->conns[i];
+
+		if (!c->thread_running)
+			continue;
+		pthread_join(c->thread, NULL);
+		c->thread_running = false;
+	}
 	return IOTR_OK;
 }
 
@@ -1192,9 +1314,19 @@ static void mqtt_destroy(void *state)
 
 	if (!m)
 		return;
-	mqtt_stop(m);
-	if (m->mosq)
-		mosquitto_destroy(m->mosq);
+	if (m->conns) {
+		mqtt_stop(m);
+		for (size_t i = 0; i < m->n_conns; i++) {
+			struct mqtt_conn *c = &m->conns[i];
+
+			if (c->mosq)
+				mosquitto_destroy(c->mosq);
+			free(c->client_id);
+			free(c->tag_buf);
+			free(c->sub_mid);
+		}
+		free(m->conns);
+	}
 	for (size_t i = 0; i < m->n_brokers; i++) {
 		free(m->brokers[i].host);
 		free(m->brokers[i].name);
@@ -1202,7 +1334,6 @@ static void mqtt_destroy(void *state)
 	free(m->brokers);
 	free(m->topics);
 	free(m->qos);
-	free(m->sub_mid);
 	pthread_cond_destroy(&m->cond);
 	pthread_mutex_destroy(&m->lock);
 	free(m);
