@@ -1,9 +1,9 @@
 /*
  * bench-kafka-latency - the far end of scripts/bench: a librdkafka consumer
  * that reads one topic from its first offset, counts the records and
- * measures their end-to-end age from the payload's "ts" field (publish time
- * in microseconds since the epoch, written by iotrouter-sim or
- * bench-kafka-produce).
+ * measures their end-to-end age from the payload's "ts" field, or "t" in
+ * the --compact form (publish time in microseconds since the epoch, written
+ * by iotrouter-sim or bench-kafka-produce).
  *
  * It creates the topic if it is missing (so that it can be positioned before
  * the first record is produced), assigns every partition at the beginning,
@@ -25,73 +25,38 @@
 #define _GNU_SOURCE
 #endif
 
-#include <errno.h>
-#include <getopt.h>
-#include <inttypes.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <librdkafka/rdkafka.h>
 
+#include "bench-common.h"
+
 #define LAT_NAME "bench-kafka-latency"
 
-#define LAT_SAMPLES_DEFAULT	10000000UL
 #define LAT_SETUP_TIMEOUT_MS	30000	/* bootstrap, topic, first EOFs */
 #define LAT_POLL_MS		100
-#define LAT_EXPECT_POLL_MS	100
+
+const char bench_name[] = LAT_NAME;
 
 struct lat_opts {
 	const char *brokers;
 	const char *bootstrap_file;
 	const char *topic;
 	int partitions;
-	uint64_t count;
-	const char *expect_file;
-	const char *ready_file;
-	const char *warm_marker;	/* payloads with it are not measured */
-	const char *warm_file;
-	uint64_t warm_count;
 	int fetch_wait_ms;
-	double idle_s;
-	double timeout_s;
-	unsigned long max_samples;
+	struct bench_tally_opts tally;
 };
 
 struct lat {
 	struct lat_opts opt;
 	rd_kafka_t *rk;
-	uint64_t received, no_ts, expected;
-	int64_t first_ns, last_ns;	/* CLOCK_MONOTONIC of arrivals */
-	int64_t first_ts_us;		/* earliest publish time seen */
-	int64_t last_rt_us;		/* CLOCK_REALTIME of the last arrival */
-	uint64_t warm;			/* warm-up messages seen */
-	uint64_t bytes;			/* payload bytes of those counted */
-	uint32_t *lat_us;
-	size_t nlat, caplat;
+	struct bench_tally tally;
 };
-
-static volatile sig_atomic_t lat_stop;
-
-static void lat_on_signal(int signo)
-{
-	(void)signo;
-	lat_stop = 1;
-}
-
-static int64_t lat_now_ns(clockid_t clock)
-{
-	struct timespec ts;
-
-	clock_gettime(clock, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static void lat_usage(FILE *f)
 {
@@ -99,7 +64,7 @@ static void lat_usage(FILE *f)
 "Usage: " LAT_NAME " (--brokers LIST | --bootstrap-file FILE) --topic TOPIC\n"
 "       [OPTION]...\n"
 "Read TOPIC from the beginning, count the records and measure their age from\n"
-"the payload's \"ts\" field, then print one line of results.\n"
+"the payload's \"ts\" (or \"t\") field, then print one line of results.\n"
 "\n"
 "  -b, --brokers LIST        bootstrap servers\n"
 "      --bootstrap-file FILE read the bootstrap servers from FILE, waiting\n"
@@ -119,89 +84,32 @@ static void lat_usage(FILE *f)
 "                            holds every empty fetch this long, even when\n"
 "                            records arrive meanwhile)\n"
 "      --max-samples N       latency samples kept (default %lu)\n"
-"      --help                print this help\n", LAT_SAMPLES_DEFAULT);
-}
-
-static void lat_die_usage(const char *fmt, const char *arg)
-{
-	fprintf(stderr, LAT_NAME ": ");
-	fprintf(stderr, fmt, arg);
-	fprintf(stderr, "\nTry '" LAT_NAME " --help'.\n");
-	exit(2);
-}
-
-static double lat_parse_num(const char *opt, const char *arg, double min,
-			    double max)
-{
-	char *end;
-	double v;
-
-	errno = 0;
-	v = strtod(arg, &end);
-	if (arg[0] == '\0' || *end != '\0' || errno || v < min || v > max)
-		lat_die_usage("bad value for %s", opt);
-	return v;
+"      --help                print this help\n", BENCH_SAMPLES_DEFAULT);
 }
 
 static void lat_parse_args(struct lat_opts *o, int argc, char **argv)
 {
-	enum { OPT_BOOTSTRAP = 256, OPT_PARTITIONS, OPT_EXPECT, OPT_IDLE,
-	       OPT_TIMEOUT, OPT_READY, OPT_FETCH_WAIT, OPT_WARM_MARKER,
-	       OPT_WARM_FILE, OPT_WARM_COUNT, OPT_SAMPLES, OPT_HELP };
-	static const struct option longopts[] = {
-		{ "brokers", required_argument, NULL, 'b' },
-		{ "topic", required_argument, NULL, 't' },
-		{ "count", required_argument, NULL, 'n' },
-		{ "bootstrap-file", required_argument, NULL, OPT_BOOTSTRAP },
-		{ "partitions", required_argument, NULL, OPT_PARTITIONS },
-		{ "expect-file", required_argument, NULL, OPT_EXPECT },
-		{ "idle", required_argument, NULL, OPT_IDLE },
-		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
-		{ "ready-file", required_argument, NULL, OPT_READY },
-		{ "fetch-wait-ms", required_argument, NULL, OPT_FETCH_WAIT },
-		{ "warm-marker", required_argument, NULL, OPT_WARM_MARKER },
-		{ "warm-file", required_argument, NULL, OPT_WARM_FILE },
-		{ "warm-count", required_argument, NULL, OPT_WARM_COUNT },
-		{ "max-samples", required_argument, NULL, OPT_SAMPLES },
-		{ "help", no_argument, NULL, OPT_HELP },
-		{ NULL, 0, NULL, 0 }
+	const struct bench_option options[] = {
+		{ "brokers", 'b', .text = &o->brokers },
+		{ "bootstrap-file", 0, .text = &o->bootstrap_file },
+		{ "topic", 't', .text = &o->topic },
+		{ "partitions", 0, .i = &o->partitions, .min = 1, .max = 1024 },
+		{ "fetch-wait-ms", 0, .i = &o->fetch_wait_ms, .min = 0, .max = 60000 },
+		{ .name = NULL }
 	};
-	int ch;
 
-	*o = (struct lat_opts){ .partitions = 4, .timeout_s = 600, .fetch_wait_ms = 10,
-				.warm_count = 1,
-				.max_samples = LAT_SAMPLES_DEFAULT };
-	while ((ch = getopt_long(argc, argv, ":b:t:n:", longopts, NULL)) != -1) {
-		switch (ch) {
-		case 'b': o->brokers = optarg; break;
-		case 't': o->topic = optarg; break;
-		case 'n': o->count = (uint64_t)lat_parse_num("--count", optarg, 1, 1e15); break;
-		case OPT_BOOTSTRAP: o->bootstrap_file = optarg; break;
-		case OPT_PARTITIONS: o->partitions = (int)lat_parse_num("--partitions", optarg, 1, 1024); break;
-		case OPT_EXPECT: o->expect_file = optarg; break;
-		case OPT_IDLE: o->idle_s = lat_parse_num("--idle", optarg, 0, 86400); break;
-		case OPT_TIMEOUT: o->timeout_s = lat_parse_num("--timeout", optarg, 0.1, 86400); break;
-		case OPT_READY: o->ready_file = optarg; break;
-		case OPT_WARM_MARKER: o->warm_marker = optarg; break;
-		case OPT_WARM_FILE: o->warm_file = optarg; break;
-		case OPT_WARM_COUNT: o->warm_count = (uint64_t)lat_parse_num("--warm-count", optarg, 1, 1e12); break;
-		case OPT_FETCH_WAIT: o->fetch_wait_ms = (int)lat_parse_num("--fetch-wait-ms", optarg, 0, 60000); break;
-		case OPT_SAMPLES: o->max_samples = (unsigned long)lat_parse_num("--max-samples", optarg, 0, 1e9); break;
-		case OPT_HELP: lat_usage(stdout); exit(0);
-		case ':': lat_die_usage("%s needs a value", argv[optind - 1]); break;
-		default: lat_die_usage("unknown option %s", argv[optind - 1]); break;
-		}
-	}
-	if (optind < argc)
-		lat_die_usage("unexpected argument '%s'", argv[optind]);
+	*o = (struct lat_opts){ .partitions = 4, .fetch_wait_ms = 10 };
+	bench_tally_opts_init(&o->tally);
+	bench_parse_options(argc, argv, options, BENCH_TALLY_OPTIONS(&o->tally),
+			    lat_usage);
 	if (!o->topic || (!o->brokers == !o->bootstrap_file))
-		lat_die_usage("%s", "give --topic and one of --brokers, --bootstrap-file");
+		bench_die_usage("%s", "give --topic and one of --brokers, --bootstrap-file");
 }
 
 /* The first line of path, once the file exists and has one; NULL on timeout. */
 static char *lat_read_line(const char *path, int64_t deadline)
 {
-	while (!lat_stop && lat_now_ns(CLOCK_MONOTONIC) < deadline) {
+	while (!bench_stop && bench_now_ns(CLOCK_MONOTONIC) < deadline) {
 		FILE *f = fopen(path, "r");
 		char *line = NULL;
 		size_t cap = 0;
@@ -219,94 +127,6 @@ static char *lat_read_line(const char *path, int64_t deadline)
 		usleep(50000);
 	}
 	return NULL;
-}
-
-static uint64_t lat_read_expected(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	unsigned long long n = 0;
-	char nl = 0;
-
-	if (!f)
-		return 0;
-	if (fscanf(f, "%llu%c", &n, &nl) != 2 || nl != '\n')
-		n = 0;
-	fclose(f);
-	return n;
-}
-
-static int64_t lat_payload_ts(const void *payload, size_t len)
-{
-	static const char key[] = "\"ts\":";
-	const char *p = memmem(payload, len, key, sizeof(key) - 1);
-	const char *end = (const char *)payload + len;
-	int64_t v = 0;
-
-	if (!p)
-		return -1;
-	p += sizeof(key) - 1;
-	if (p >= end || *p < '0' || *p > '9')
-		return -1;
-	while (p < end && *p >= '0' && *p <= '9')
-		v = v * 10 + (*p++ - '0');
-	return v;
-}
-
-static void lat_touch(const char *path)
-{
-	FILE *f = fopen(path, "w");
-
-	if (!f || fclose(f) != 0)
-		fprintf(stderr, LAT_NAME ": cannot create %s: %s\n", path,
-			strerror(errno));
-}
-
-static void lat_record(struct lat *l, const rd_kafka_message_t *m)
-{
-	int64_t now = lat_now_ns(CLOCK_MONOTONIC);
-	int64_t now_rt = lat_now_ns(CLOCK_REALTIME) / 1000;
-	int64_t ts;
-
-	if (l->opt.warm_marker && m->payload &&
-	    memmem(m->payload, m->len, l->opt.warm_marker,
-		   strlen(l->opt.warm_marker))) {
-		if (++l->warm == l->opt.warm_count && l->opt.warm_file)
-			lat_touch(l->opt.warm_file);
-		return;
-	}
-	ts = m->payload ? lat_payload_ts(m->payload, m->len) : -1;
-	l->bytes += m->len;
-	if (l->received++ == 0)
-		l->first_ns = now;
-	l->last_ns = now;
-	l->last_rt_us = now_rt;
-	if (ts < 0) {
-		l->no_ts++;
-		return;
-	}
-	if (l->first_ts_us == 0 || ts < l->first_ts_us)
-		l->first_ts_us = ts;
-	if (l->nlat == l->caplat && l->caplat < l->opt.max_samples) {
-		size_t cap = l->caplat ? l->caplat * 2 : 65536;
-		uint32_t *p;
-
-		if (cap > l->opt.max_samples)
-			cap = l->opt.max_samples;
-		p = realloc(l->lat_us, cap * sizeof(*p));
-		if (p) {
-			l->lat_us = p;
-			l->caplat = cap;
-		}
-	}
-	if (l->nlat < l->caplat) {
-		int64_t age = now_rt - ts;
-
-		if (age < 0)
-			age = 0;
-		if (age > UINT32_MAX)
-			age = UINT32_MAX;
-		l->lat_us[l->nlat++] = (uint32_t)age;
-	}
 }
 
 /* Create the topic unless it exists (an embedded mock cluster may not
@@ -337,7 +157,7 @@ static int lat_assign(struct lat *l, int64_t deadline)
 {
 	rd_kafka_topic_t *rkt = rd_kafka_topic_new(l->rk, l->opt.topic, NULL);
 
-	while (!lat_stop && lat_now_ns(CLOCK_MONOTONIC) < deadline) {
+	while (!bench_stop && bench_now_ns(CLOCK_MONOTONIC) < deadline) {
 		const struct rd_kafka_metadata *md = NULL;
 		int n = -1;
 
@@ -376,27 +196,6 @@ static int lat_assign(struct lat *l, int64_t deadline)
 	return -1;
 }
 
-static int lat_cmp_u32(const void *a, const void *b)
-{
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static uint32_t lat_percentile(const uint32_t *v, size_t n, double p)
-{
-	size_t rank;
-
-	if (n == 0)
-		return 0;
-	rank = (size_t)(p / 100.0 * (double)n + 0.999999);
-	if (rank < 1)
-		rank = 1;
-	if (rank > n)
-		rank = n;
-	return v[rank - 1];
-}
-
 static void lat_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 		       const char *buf)
 {
@@ -409,29 +208,22 @@ int main(int argc, char **argv)
 {
 	static struct lat lat;
 	struct lat *l = &lat;
+	struct bench_tally *t = &l->tally;
+	enum bench_tally_state state = BENCH_RUNNING;
 	rd_kafka_conf_t *conf;
-	struct sigaction sa;
-	struct rusage ru = { 0 };
 	char errstr[512], group[64], fetch_wait[16];
 	char *brokers = NULL;
-	int64_t start, deadline, next_expect_poll = 0;
-	double elapsed, cpu = 0;
+	int64_t deadline;
 	int nparts, eofs = 0, status = 1;
-	bool ready = false, complete = false;
+	bool ready = false;
 	char *eof_seen = NULL;
 
 	lat_parse_args(&l->opt, argc, argv);
-	if (l->opt.count)
-		l->expected = l->opt.count;
+	bench_catch_signals(false);
 
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = lat_on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-
-	start = lat_now_ns(CLOCK_MONOTONIC);
-	deadline = start + LAT_SETUP_TIMEOUT_MS * 1000000LL;
+	/* --timeout counts from here */
+	bench_tally_start(t, &l->opt.tally);
+	deadline = t->start_ns + LAT_SETUP_TIMEOUT_MS * 1000000LL;
 	if (l->opt.bootstrap_file) {
 		brokers = lat_read_line(l->opt.bootstrap_file, deadline);
 		if (!brokers) {
@@ -483,7 +275,7 @@ int main(int argc, char **argv)
 
 	for (;;) {
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(l->rk, LAT_POLL_MS);
-		int64_t now = lat_now_ns(CLOCK_MONOTONIC);
+		int64_t now = bench_now_ns(CLOCK_MONOTONIC);
 
 		if (m) {
 			if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
@@ -495,14 +287,14 @@ int main(int argc, char **argv)
 			} else if (m->err) {
 				fprintf(stderr, LAT_NAME ": %s\n", rd_kafka_message_errstr(m));
 			} else {
-				lat_record(l, m);
+				bench_tally_add(t, m->payload, m->payload ? m->len : 0);
 			}
 			rd_kafka_message_destroy(m);
 		}
-		if (!ready && (eofs == nparts || l->received > 0 || l->warm > 0)) {
+		if (!ready && (eofs == nparts || t->received > 0 || t->warm > 0)) {
 			ready = true;
-			if (l->opt.ready_file)
-				lat_touch(l->opt.ready_file);
+			if (l->opt.tally.ready_file)
+				bench_touch(l->opt.tally.ready_file);
 		}
 		if (!ready && now >= deadline) {
 			fprintf(stderr, LAT_NAME ": the partitions of %s did not start "
@@ -510,58 +302,22 @@ int main(int argc, char **argv)
 				LAT_SETUP_TIMEOUT_MS);
 			break;
 		}
-		if (lat_stop) {
+		if (bench_stop) {
 			status = 0;
 			break;
 		}
-		if (l->opt.expect_file && !l->expected && now >= next_expect_poll) {
-			l->expected = lat_read_expected(l->opt.expect_file);
-			next_expect_poll = now + LAT_EXPECT_POLL_MS * 1000000LL;
-		}
-		if (l->expected && l->received >= l->expected) {
-			complete = true;
+		state = bench_tally_check(t, now, "records");
+		if (state == BENCH_COMPLETE || state == BENCH_IDLE)
 			status = 0;
+		if (state != BENCH_RUNNING)
 			break;
-		}
-		if (l->opt.idle_s > 0 && l->received > 0 &&
-		    (double)(now - l->last_ns) / 1e9 >= l->opt.idle_s) {
-			status = 0;
-			break;
-		}
-		if ((double)(now - start) / 1e9 >= l->opt.timeout_s) {
-			fprintf(stderr, LAT_NAME ": timed out after %.0f s with %" PRIu64
-				" records\n", l->opt.timeout_s, l->received);
-			break;
-		}
 	}
-
-	/* From the first publish to the last arrival: what the whole path
-	 * sustained, a slow start included. */
-	if (l->first_ts_us > 0 && l->last_rt_us > l->first_ts_us)
-		elapsed = (double)(l->last_rt_us - l->first_ts_us) / 1e6;
-	else
-		elapsed = (double)(l->last_ns - l->first_ns) / 1e9;
-	if (getrusage(RUSAGE_SELF, &ru) == 0)
-		cpu = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
-		      (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-	qsort(l->lat_us, l->nlat, sizeof(*l->lat_us), lat_cmp_u32);
-	printf("received=%" PRIu64 " elapsed_s=%.3f rate=%.1f p50_us=%" PRIu32
-	       " p99_us=%" PRIu32 " max_us=%" PRIu32 " no_ts=%" PRIu64
-	       " bytes_avg=%.0f cpu_s=%.3f maxrss_kb=%ld complete=%d\n",
-	       l->received, elapsed,
-	       elapsed > 0 ? (double)l->received / elapsed : 0.0,
-	       lat_percentile(l->lat_us, l->nlat, 50),
-	       lat_percentile(l->lat_us, l->nlat, 99),
-	       l->nlat ? l->lat_us[l->nlat - 1] : 0, l->no_ts,
-	       l->received ? (double)l->bytes / (double)l->received : 0.0, cpu,
-	       ru.ru_maxrss,
-	       complete ? 1 : 0);
-	fflush(stdout);
+	bench_tally_report(t, state == BENCH_COMPLETE);
 out:
 	rd_kafka_consumer_close(l->rk);
 	rd_kafka_destroy(l->rk);
 	free(eof_seen);
-	free(l->lat_us);
+	bench_tally_free(t);
 	free(brokers);
 	return status;
 }

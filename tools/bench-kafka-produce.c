@@ -7,8 +7,9 @@
  * It shows what Kafka and librdkafka alone accept from one producer on this
  * machine, the limit iotrouter's kafka output is measured against.  With
  * --brokers embedded it starts librdkafka's mock cluster in this process,
- * as the plugin does.  Each payload carries "ts" (microseconds since the
- * epoch at produce time), so bench-kafka-latency can measure the path.
+ * as the plugin does.  Each payload carries "ts" ("t" with --compact:
+ * microseconds since the epoch at produce time), so bench-kafka-latency
+ * can measure the path.
  *
  * Threading: main() produces and polls; delivery reports run inside its
  * rd_kafka_poll()/rd_kafka_flush() calls, so the counters need no lock.
@@ -26,20 +27,19 @@
 #endif
 
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
+
+#include "bench-common.h"
 
 #define PROD_NAME "bench-kafka-produce"
 
@@ -64,6 +64,7 @@ struct prod_opts {
 	double duration_s;		/* 0: until --count */
 	double rate;			/* 0: as fast as possible */
 	unsigned long size;
+	bool compact;			/* iotrouter-sim --compact's payloads */
 	unsigned long keys;
 	int partitions;
 	const char *props[PROD_MAX_PROPS];
@@ -84,21 +85,7 @@ struct prod {
 	rd_kafka_resp_err_t first_err;
 };
 
-static volatile sig_atomic_t prod_stop;
-
-static void prod_on_signal(int signo)
-{
-	(void)signo;
-	prod_stop = 1;
-}
-
-static int64_t prod_now_ns(clockid_t clock)
-{
-	struct timespec ts;
-
-	clock_gettime(clock, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
+const char bench_name[] = PROD_NAME;
 
 static void prod_sleep_until(int64_t deadline)
 {
@@ -106,7 +93,7 @@ static void prod_sleep_until(int64_t deadline)
 			       (long)(deadline % 1000000000) };
 
 	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR &&
-	       !prod_stop)
+	       !bench_stop)
 		;
 }
 
@@ -124,6 +111,7 @@ static void prod_usage(FILE *f)
 "  -D, --duration SECONDS    produce for this long (with or without --count)\n"
 "  -r, --rate MSGS_PER_SEC   pace the messages (default 0: as fast as possible)\n"
 "      --size BYTES          pad each payload to BYTES (default: no padding)\n"
+"      --compact             short payloads like iotrouter-sim --compact's\n"
 "      --keys N              distinct keys dev-0001..dev-N (default 100)\n"
 "      --partitions N        partitions of a topic it creates (default 4)\n"
 "  -X, --property NAME=VALUE librdkafka property, after the defaults\n"
@@ -137,82 +125,41 @@ static void prod_usage(FILE *f)
 "      --help                print this help\n");
 }
 
-static void prod_die_usage(const char *fmt, const char *arg)
+static void prod_take_property(void *ctx, const char *arg)
 {
-	fprintf(stderr, PROD_NAME ": ");
-	fprintf(stderr, fmt, arg);
-	fprintf(stderr, "\nTry '" PROD_NAME " --help'.\n");
-	exit(2);
-}
+	struct prod_opts *o = ctx;
 
-static double prod_parse_num(const char *opt, const char *arg, double min,
-			     double max)
-{
-	char *end;
-	double v;
-
-	errno = 0;
-	v = strtod(arg, &end);
-	if (arg[0] == '\0' || *end != '\0' || errno || v < min || v > max)
-		prod_die_usage("bad value for %s", opt);
-	return v;
+	if (o->nprops == PROD_MAX_PROPS || !strchr(arg, '='))
+		bench_die_usage("-X '%s': give NAME=VALUE, at most 32", arg);
+	o->props[o->nprops++] = arg;
 }
 
 static void prod_parse_args(struct prod_opts *o, int argc, char **argv)
 {
-	enum { OPT_SIZE = 256, OPT_KEYS, OPT_PARTITIONS, OPT_BOOTSTRAP,
-	       OPT_WAIT, OPT_HOLD, OPT_TIMEOUT, OPT_HELP };
-	static const struct option longopts[] = {
-		{ "brokers", required_argument, NULL, 'b' },
-		{ "topic", required_argument, NULL, 't' },
-		{ "count", required_argument, NULL, 'n' },
-		{ "duration", required_argument, NULL, 'D' },
-		{ "rate", required_argument, NULL, 'r' },
-		{ "property", required_argument, NULL, 'X' },
-		{ "size", required_argument, NULL, OPT_SIZE },
-		{ "keys", required_argument, NULL, OPT_KEYS },
-		{ "partitions", required_argument, NULL, OPT_PARTITIONS },
-		{ "bootstrap-file", required_argument, NULL, OPT_BOOTSTRAP },
-		{ "wait-file", required_argument, NULL, OPT_WAIT },
-		{ "hold-file", required_argument, NULL, OPT_HOLD },
-		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
-		{ "help", no_argument, NULL, OPT_HELP },
-		{ NULL, 0, NULL, 0 }
+	const struct bench_option options[] = {
+		{ "brokers", 'b', .text = &o->brokers },
+		{ "topic", 't', .text = &o->topic },
+		{ "count", 'n', .u64 = &o->count, .min = 1, .max = 1e15 },
+		{ "duration", 'D', .d = &o->duration_s, .min = 0.001, .max = 86400 },
+		{ "rate", 'r', .d = &o->rate, .min = 0, .max = 1e8 },
+		{ "size", 0, .ul = &o->size, .min = 0, .max = PROD_MAX_SIZE },
+		{ "compact", 0, .flag = &o->compact },
+		{ "keys", 0, .ul = &o->keys, .min = 1, .max = 1e6 },
+		{ "partitions", 0, .i = &o->partitions, .min = 1, .max = 1024 },
+		{ "property", 'X', .take = prod_take_property, .ctx = o },
+		{ "bootstrap-file", 0, .text = &o->bootstrap_file },
+		{ "wait-file", 0, .text = &o->wait_file },
+		{ "hold-file", 0, .text = &o->hold_file },
+		{ "timeout", 0, .d = &o->timeout_s, .min = 0.1, .max = 86400 },
+		{ .name = NULL }
 	};
-	int ch;
 
 	*o = (struct prod_opts){ .keys = 100, .partitions = 4, .timeout_s = 600 };
-	while ((ch = getopt_long(argc, argv, ":b:t:n:D:r:X:", longopts,
-				 NULL)) != -1) {
-		switch (ch) {
-		case 'b': o->brokers = optarg; break;
-		case 't': o->topic = optarg; break;
-		case 'n': o->count = (uint64_t)prod_parse_num("--count", optarg, 1, 1e15); break;
-		case 'D': o->duration_s = prod_parse_num("--duration", optarg, 0.001, 86400); break;
-		case 'r': o->rate = prod_parse_num("--rate", optarg, 0, 1e8); break;
-		case 'X':
-			if (o->nprops == PROD_MAX_PROPS || !strchr(optarg, '='))
-				prod_die_usage("-X '%s': give NAME=VALUE, at most 32", optarg);
-			o->props[o->nprops++] = optarg;
-			break;
-		case OPT_SIZE: o->size = (unsigned long)prod_parse_num("--size", optarg, 0, PROD_MAX_SIZE); break;
-		case OPT_KEYS: o->keys = (unsigned long)prod_parse_num("--keys", optarg, 1, 1e6); break;
-		case OPT_PARTITIONS: o->partitions = (int)prod_parse_num("--partitions", optarg, 1, 1024); break;
-		case OPT_BOOTSTRAP: o->bootstrap_file = optarg; break;
-		case OPT_WAIT: o->wait_file = optarg; break;
-		case OPT_HOLD: o->hold_file = optarg; break;
-		case OPT_TIMEOUT: o->timeout_s = prod_parse_num("--timeout", optarg, 0.1, 86400); break;
-		case OPT_HELP: prod_usage(stdout); exit(0);
-		case ':': prod_die_usage("%s needs a value", argv[optind - 1]); break;
-		default: prod_die_usage("unknown option %s", argv[optind - 1]); break;
-		}
-	}
-	if (optind < argc)
-		prod_die_usage("unexpected argument '%s'", argv[optind]);
+	bench_parse_options(argc, argv, options, NULL, prod_usage);
 	if (!o->brokers || !o->topic)
-		prod_die_usage("%s", "--brokers and --topic are required");
+		bench_die_usage("%s", "--brokers and --topic are required");
 	if (!o->count && !o->duration_s)
-		prod_die_usage("%s", "give --count, --duration or both");
+		bench_die_usage("%s", "give --count, --duration or both");
 }
 
 static void prod_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -220,7 +167,7 @@ static void prod_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque
 	struct prod *p = opaque;
 
 	(void)rk;
-	p->last_dr_ns = prod_now_ns(CLOCK_MONOTONIC);
+	p->last_dr_ns = bench_now_ns(CLOCK_MONOTONIC);
 	if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
 		p->delivered++;
 	} else {
@@ -296,7 +243,7 @@ static const char *prod_start_embedded(struct prod *p)
  * measurement does not include topic creation. */
 static int prod_prepare_topic(struct prod *p)
 {
-	int64_t deadline = prod_now_ns(CLOCK_MONOTONIC) +
+	int64_t deadline = bench_now_ns(CLOCK_MONOTONIC) +
 			   PROD_SETUP_TIMEOUT_MS * 1000000LL;
 	rd_kafka_topic_t *rkt;
 
@@ -335,7 +282,7 @@ static int prod_prepare_topic(struct prod *p)
 	}
 
 	rkt = rd_kafka_topic_new(p->rk, p->opt.topic, NULL);
-	while (prod_now_ns(CLOCK_MONOTONIC) < deadline && !prod_stop) {
+	while (bench_now_ns(CLOCK_MONOTONIC) < deadline && !bench_stop) {
 		const struct rd_kafka_metadata *md = NULL;
 		bool ready = false;
 
@@ -362,25 +309,35 @@ static int prod_prepare_topic(struct prod *p)
 	return -1;
 }
 
-/* A payload like iotrouter-sim's, padded to --size with a "pad" field. */
+/* A payload like iotrouter-sim's (or its --compact one), padded to --size
+ * as the simulator does: with a "pad" ("p") field of 'x's, or with spaces
+ * before the '}' where a field does not fit. */
 static size_t prod_payload(const struct prod *p, char *buf, size_t cap,
 			   unsigned long dev, uint64_t seq)
 {
-	size_t len, want = p->opt.size, tail = sizeof(",\"pad\":\"\"}") - 1;
+	const char *pad = p->opt.compact ? ",\"p\":\"" : ",\"pad\":\"";
+	size_t len, want = p->opt.size, padlen = strlen(pad);
+	double value = 20.0 + (double)(seq % 100) / 10.0;
+	int64_t ts = bench_now_ns(CLOCK_REALTIME) / 1000;
 	int n;
 
-	n = snprintf(buf, cap, "{\"device\":\"dev-%04lu\",\"site\":\"site-1\","
-		     "\"sensor\":\"temperature\",\"value\":%.2f,\"unit\":\"C\","
-		     "\"seq\":%" PRIu64 ",\"ts\":%" PRId64, dev,
-		     20.0 + (double)(seq % 100) / 10.0, seq,
-		     prod_now_ns(CLOCK_REALTIME) / 1000);
+	if (p->opt.compact)
+		n = snprintf(buf, cap, "{\"d\":\"dev-%04lu\",\"q\":%" PRIu64
+			     ",\"v\":%.1f,\"t\":%" PRId64, dev, seq, value, ts);
+	else
+		n = snprintf(buf, cap, "{\"device\":\"dev-%04lu\",\"site\":\"site-1\","
+			     "\"sensor\":\"temperature\",\"value\":%.2f,\"unit\":\"C\","
+			     "\"seq\":%" PRIu64 ",\"ts\":%" PRId64, dev, value, seq, ts);
 	len = (size_t)n;
-	if (want >= len + tail && want < cap) {
-		memcpy(buf + len, ",\"pad\":\"", 8);
-		len += 8;
-		memset(buf + len, 'x', want - len - 2);
-		len = want - 2;
-		buf[len++] = '"';
+	/* cap is --size + 512: room for both */
+	if (want >= len + padlen + 2) {
+		memcpy(buf + len, pad, padlen);
+		memset(buf + len + padlen, 'x', want - 2 - len - padlen);
+		buf[want - 2] = '"';
+		len = want - 1;
+	} else if (want > len + 1) {
+		memset(buf + len, ' ', want - 1 - len);
+		len = want - 1;
 	}
 	buf[len++] = '}';
 	return len;
@@ -388,10 +345,10 @@ static size_t prod_payload(const struct prod *p, char *buf, size_t cap,
 
 static int prod_wait_file(const char *path, double timeout_s)
 {
-	int64_t deadline = prod_now_ns(CLOCK_MONOTONIC) + (int64_t)(timeout_s * 1e9);
+	int64_t deadline = bench_now_ns(CLOCK_MONOTONIC) + (int64_t)(timeout_s * 1e9);
 
 	while (access(path, F_OK) != 0) {
-		if (prod_stop || prod_now_ns(CLOCK_MONOTONIC) >= deadline) {
+		if (bench_stop || bench_now_ns(CLOCK_MONOTONIC) >= deadline) {
 			fprintf(stderr, PROD_NAME ": %s did not appear\n", path);
 			return -1;
 		}
@@ -405,12 +362,11 @@ int main(int argc, char **argv)
 	static struct prod prod;
 	struct prod *p = &prod;
 	rd_kafka_conf_t *conf;
-	struct sigaction sa;
-	struct rusage ru = { 0 };
 	char errstr[512], key[32];
 	char *buf;
 	int64_t t0, deadline, end_produce;
-	double elapsed, cpu = 0;
+	double elapsed, cpu;
+	long maxrss;
 	size_t cap;
 	uint64_t i;
 	int status = 1;
@@ -423,11 +379,7 @@ int main(int argc, char **argv)
 	if (!buf)
 		return 1;
 
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = prod_on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
+	bench_catch_signals(false);
 
 	conf = rd_kafka_conf_new();
 	for (size_t k = 0; k < sizeof(prod_defaults) / sizeof(*prod_defaults); k++)
@@ -465,11 +417,11 @@ int main(int argc, char **argv)
 	if (p->opt.wait_file && prod_wait_file(p->opt.wait_file, p->opt.timeout_s) != 0)
 		goto out;
 
-	t0 = prod_now_ns(CLOCK_MONOTONIC);
+	t0 = bench_now_ns(CLOCK_MONOTONIC);
 	deadline = t0 + (int64_t)(p->opt.timeout_s * 1e9);
 	end_produce = p->opt.duration_s > 0 ? t0 + (int64_t)(p->opt.duration_s * 1e9)
 					    : INT64_MAX;
-	for (i = 0; (!p->opt.count || i < p->opt.count) && !prod_stop; i++) {
+	for (i = 0; (!p->opt.count || i < p->opt.count) && !bench_stop; i++) {
 		unsigned long dev = (unsigned long)(i % p->opt.keys) + 1;
 		rd_kafka_resp_err_t err;
 		size_t len;
@@ -477,7 +429,7 @@ int main(int argc, char **argv)
 
 		if (p->opt.rate > 0)
 			prod_sleep_until(t0 + (int64_t)((double)i * 1e9 / p->opt.rate));
-		now = prod_now_ns(CLOCK_MONOTONIC);
+		now = bench_now_ns(CLOCK_MONOTONIC);
 		if (now >= end_produce || now >= deadline)
 			break;
 		snprintf(key, sizeof(key), "dev-%04lu", dev);
@@ -489,8 +441,8 @@ int main(int argc, char **argv)
 				RD_KAFKA_V_VALUE(buf, len),
 				RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 				RD_KAFKA_V_END);
-			if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || prod_stop ||
-			    prod_now_ns(CLOCK_MONOTONIC) >= deadline)
+			if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || bench_stop ||
+			    bench_now_ns(CLOCK_MONOTONIC) >= deadline)
 				break;
 			rd_kafka_poll(p->rk, 1);
 		}
@@ -503,8 +455,8 @@ int main(int argc, char **argv)
 		if (p->produced % PROD_POLL_EVERY == 0)
 			rd_kafka_poll(p->rk, 0);
 	}
-	while (p->delivered + p->failed < p->produced && !prod_stop &&
-	       prod_now_ns(CLOCK_MONOTONIC) < deadline)
+	while (p->delivered + p->failed < p->produced && !bench_stop &&
+	       bench_now_ns(CLOCK_MONOTONIC) < deadline)
 		rd_kafka_flush(p->rk, 100);
 	if (p->delivered + p->failed < p->produced) {
 		fprintf(stderr, PROD_NAME ": %" PRIu64 " messages unacknowledged; "
@@ -517,15 +469,13 @@ int main(int argc, char **argv)
 			"with %s\n", p->failed, rd_kafka_err2str(p->first_err));
 
 	elapsed = p->last_dr_ns > t0 ? (double)(p->last_dr_ns - t0) / 1e9 : 0;
-	if (getrusage(RUSAGE_SELF, &ru) == 0)
-		cpu = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
-		      (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+	cpu = bench_cpu_s(&maxrss);
 	status = p->delivered == p->produced && p->produced > 0 ? 0 : 1;
 	printf("produced=%" PRIu64 " delivered=%" PRIu64 " failed=%" PRIu64
 	       " elapsed_s=%.3f rate=%.1f cpu_s=%.3f maxrss_kb=%ld complete=%d\n",
 	       p->produced, p->delivered, p->failed, elapsed,
 	       elapsed > 0 ? (double)p->delivered / elapsed : 0.0, cpu,
-	       ru.ru_maxrss, status == 0);
+	       maxrss, status == 0);
 	fflush(stdout);
 	if (p->opt.hold_file && p->mcluster)
 		prod_wait_file(p->opt.hold_file, p->opt.timeout_s);

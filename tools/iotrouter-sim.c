@@ -113,6 +113,7 @@ struct sim_opts {
 	unsigned long sites;
 	const char *device_format;
 	unsigned long size;		/* 0: no padding */
+	bool compact;			/* one-letter keys, no site/sensor/unit */
 	unsigned long connections;
 	int protocol;			/* MQTT_PROTOCOL_V311 or _V5 */
 	const char *username;
@@ -432,6 +433,9 @@ static void sim_help(void)
 "  -q, --qos 0|1|2          QoS of every message (default 1)\n"
 "      --retain             publish with the retain flag\n"
 "      --size BYTES         pad each payload with a \"pad\" field to BYTES bytes\n"
+"      --compact            payloads with one-letter keys d, q, v, t (device,\n"
+"                           seq, value, ts) and no site, sensor or unit: about\n"
+"                           55 bytes; --size pads them with a \"p\" field\n"
 "      --start-seq N        first sequence number of each device (default 1)\n"
 "\n"
 "Amount and pace:\n"
@@ -455,6 +459,7 @@ enum {
 	SIM_OPT_SITES = 256,
 	SIM_OPT_DEVICE_FORMAT,
 	SIM_OPT_SIZE,
+	SIM_OPT_COMPACT,
 	SIM_OPT_PROTOCOL,
 	SIM_OPT_USERNAME,
 	SIM_OPT_PASSWORD,
@@ -482,6 +487,7 @@ static void sim_parse_args(struct sim_opts *o, int argc, char **argv)
 		{ "sites",         required_argument, NULL, SIM_OPT_SITES },
 		{ "device-format", required_argument, NULL, SIM_OPT_DEVICE_FORMAT },
 		{ "size",          required_argument, NULL, SIM_OPT_SIZE },
+		{ "compact",       no_argument,       NULL, SIM_OPT_COMPACT },
 		{ "protocol",      required_argument, NULL, SIM_OPT_PROTOCOL },
 		{ "username",      required_argument, NULL, SIM_OPT_USERNAME },
 		{ "password",      required_argument, NULL, SIM_OPT_PASSWORD },
@@ -564,6 +570,9 @@ static void sim_parse_args(struct sim_opts *o, int argc, char **argv)
 			break;
 		case SIM_OPT_SIZE:
 			o->size = sim_parse_u64("--size", optarg, 0, SIM_MAX_SIZE);
+			break;
+		case SIM_OPT_COMPACT:
+			o->compact = true;
 			break;
 		case SIM_OPT_PROTOCOL:
 			if (strcmp(optarg, "311") == 0)
@@ -746,36 +755,59 @@ static int sim_topic_build(struct sim *s, const struct sim_device *d,
 	return (int)len;
 }
 
+/* End the JSON object of @len bytes in s->payload, making it --size bytes
+ * when it is shorter: with a field @key holding 'x's, or, when that does
+ * not fit, with spaces before the '}' (which JSON ignores).  Returns the
+ * payload's length. */
+static size_t sim_payload_close(struct sim *s, size_t len, const char *key)
+{
+	size_t want = s->opt.size;
+	size_t klen = strlen(key);
+
+	/* ,"KEY":"" and the closing brace */
+	if (want >= len + klen + 7) {
+		s->payload[len++] = ',';
+		s->payload[len++] = '"';
+		memcpy(s->payload + len, key, klen);
+		len += klen;
+		memcpy(s->payload + len, "\":\"", 3);
+		len += 3;
+		memset(s->payload + len, 'x', want - 2 - len);
+		len = want - 2;
+		s->payload[len++] = '"';
+	} else if (want > len + 1) {
+		memset(s->payload + len, ' ', want - 1 - len);
+		len = want - 1;
+	}
+	s->payload[len++] = '}';
+	return len;
+}
+
 /* Write the JSON reading of sensor @k of @d into s->payload. */
 static size_t sim_payload_build(struct sim *s, const struct sim_device *d, size_t k)
 {
 	const struct sim_sensor *sn = &sim_sensors[k];
 	int64_t ts_us = sim_now_ns(CLOCK_REALTIME) / 1000;
-	size_t len, pad;
 	int n;
 
 	/* We never call setlocale(), so %f writes a '.' as JSON needs. */
-	n = snprintf(s->payload, s->payload_max,
-		     "{\"device\":\"%s\",\"site\":\"site-%lu\",\"sensor\":\"%s\","
-		     "\"value\":%.2f,\"unit\":\"%s\",\"seq\":%" PRIu64
-		     ",\"ts\":%" PRId64,
-		     d->name_json, d->site, sn->name, d->value[k], sn->unit,
-		     d->seq, ts_us);
+	if (s->opt.compact)
+		/* The topic names the site and the sensor, and the sensor
+		 * the unit; the rest, with one decimal, is about 55 bytes
+		 * and leaves room to pad to 64. */
+		n = snprintf(s->payload, s->payload_max,
+			     "{\"d\":\"%s\",\"q\":%" PRIu64 ",\"v\":%.1f,\"t\":%" PRId64,
+			     d->name_json, d->seq, d->value[k], ts_us);
+	else
+		n = snprintf(s->payload, s->payload_max,
+			     "{\"device\":\"%s\",\"site\":\"site-%lu\",\"sensor\":\"%s\","
+			     "\"value\":%.2f,\"unit\":\"%s\",\"seq\":%" PRIu64
+			     ",\"ts\":%" PRId64,
+			     d->name_json, d->site, sn->name, d->value[k], sn->unit,
+			     d->seq, ts_us);
 	if (n < 0 || (size_t)n >= SIM_PAYLOAD_BASE_MAX)
 		abort();	/* the fields are bounded; see SIM_PAYLOAD_BASE_MAX */
-	len = (size_t)n;
-
-	/* ,"pad":"xxx"} makes the payload exactly --size bytes when it fits. */
-	if (s->opt.size >= len + sizeof(",\"pad\":\"\"}") - 1) {
-		pad = s->opt.size - len - (sizeof(",\"pad\":\"\"}") - 1);
-		memcpy(s->payload + len, ",\"pad\":\"", 8);
-		len += 8;
-		memset(s->payload + len, 'x', pad);
-		len += pad;
-		s->payload[len++] = '"';
-	}
-	s->payload[len++] = '}';
-	return len;
+	return sim_payload_close(s, (size_t)n, s->opt.compact ? "p" : "pad");
 }
 
 /* ---- connections ------------------------------------------------------ */
