@@ -28,6 +28,7 @@
 #define DEFAULT_MAX_MESSAGE_BYTES 1048576
 #define DEFAULT_STATS_INTERVAL_S 60
 #define DEFAULT_RETRY_BACKOFF_MS 500
+#define DEFAULT_WORKER_LINGER_US 500
 #define DEFAULT_WAL_SEGMENT_BYTES (64LL << 20)
 #define DEFAULT_WAL_MAX_BYTES (1LL << 30)
 #define DEFAULT_WAL_SYNC_INTERVAL_MS 100
@@ -576,6 +577,9 @@ static void read_router(struct reader *rd, const config_setting_t *g,
 		} else if (strcmp(key, "retry_backoff_ms") == 0) {
 			get_int(rd, s, "router.retry_backoff_ms", 1, 600000,
 			        &cfg->retry_backoff_ms);
+		} else if (strcmp(key, "worker_linger_us") == 0) {
+			get_int(rd, s, "router.worker_linger_us", 0, 100000,
+			        &cfg->worker_linger_us);
 		} else if (strcmp(key, "direct_output") == 0) {
 			get_bool(rd, s, "router.direct_output",
 			         &cfg->direct_output);
@@ -924,6 +928,7 @@ int config_load(const char *path, char *const *extra_dirs, size_t nextra,
 	cfg->retry_backoff_ms = DEFAULT_RETRY_BACKOFF_MS;
 	cfg->default_headers = 1;
 	cfg->direct_output = 1;
+	cfg->worker_linger_us = DEFAULT_WORKER_LINGER_US;
 	cfg->wal_segment_bytes = DEFAULT_WAL_SEGMENT_BYTES;
 	cfg->wal_max_bytes = DEFAULT_WAL_MAX_BYTES;
 	cfg->wal_sync_interval_ms = DEFAULT_WAL_SYNC_INTERVAL_MS;

@@ -35,6 +35,7 @@ struct router_config {
 	int64_t retry_backoff_ms;
 	int default_headers;
 	int direct_output;          /* routes without transforms skip workers */
+	int64_t worker_linger_us;   /* a worker waits this long for a batch */
 	char *dead_letter_topic;    /* NULL: failed messages are logged */
 	struct iotr_instance *dead_letter_output;
 	char *unmatched_topic;      /* NULL: unmatched messages are counted */

@@ -41,6 +41,12 @@ struct queue {
 	 * syscall when someone waits, which under load is rarely. */
 	int waiting_pop;
 	int waiting_push;
+	/* A worker that just emptied the queue lingers (router.worker_linger_us)
+	 * for more before it sleeps; pushes do not wake a lingering worker
+	 * until a batch is ready.  Under a steady stream that turns a wake-up
+	 * per message into one per linger period. */
+	int lingering;
+	int may_linger;
 };
 
 /* A worker takes up to this many messages per lock, so that a busy queue
@@ -117,6 +123,17 @@ static void deadline_ts(struct timespec *ts, int64_t ms_from_now)
 	}
 }
 
+static void deadline_ts_us(struct timespec *ts, int64_t us_from_now)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += us_from_now / 1000000;
+	ts->tv_nsec += (us_from_now % 1000000) * 1000;
+	if (ts->tv_nsec >= 1000000000) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000;
+	}
+}
+
 static int cond_init_monotonic(pthread_cond_t *c)
 {
 	pthread_condattr_t a;
@@ -180,7 +197,7 @@ static int queue_push(struct pipeline *p, struct queue *q, iotr_msg *msg,
 		q->head = msg;
 	q->tail = msg;
 	q->len++;
-	if (q->waiting_pop)
+	if (q->waiting_pop || (q->lingering && q->len >= WORKER_BATCH))
 		pthread_cond_signal(&q->not_empty);
 	pthread_mutex_unlock(&q->lock);
 	return IOTR_OK;
@@ -204,6 +221,16 @@ static iotr_msg *queue_pop(struct pipeline *p, struct queue *q,
 
 		if (wait <= 0)
 			break;
+		if (q->may_linger && p->cfg->worker_linger_us) {
+			/* Once per batch; a quiet linger ends in a real sleep,
+			 * so an idle router does not wake. */
+			q->may_linger = 0;
+			deadline_ts_us(&ts, p->cfg->worker_linger_us);
+			q->lingering = 1;
+			pthread_cond_timedwait(&q->not_empty, &q->lock, &ts);
+			q->lingering = 0;
+			continue;
+		}
 		deadline_ts(&ts, wait > 1000 ? 1000 : wait);
 		q->waiting_pop++;
 		pthread_cond_timedwait(&q->not_empty, &q->lock, &ts);
@@ -218,6 +245,7 @@ static iotr_msg *queue_pop(struct pipeline *p, struct queue *q,
 			q->tail = NULL;
 		q->len -= n;
 		last->next = NULL;
+		q->may_linger = 1;
 		if (q->waiting_push)
 			pthread_cond_broadcast(&q->not_full);
 	}
