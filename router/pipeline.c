@@ -72,6 +72,7 @@ struct pipeline {
 	pthread_mutex_t drain_lock;
 	pthread_cond_t drain_cond;
 	int64_t min_tick_ms;
+	size_t max_captures;            /* the most any route's filter has */
 
 	iotr_counter *received, *unmatched, *delivered, *dropped,
 		*dead_lettered, *lost, *oversized, *retried, *deferred;
@@ -436,14 +437,11 @@ static int admit(struct pipeline *p, iotr_msg *msg, enum push_mode mode)
 	struct router_config *cfg = p->cfg;
 	size_t spans_small[32], *spans = spans_small;
 	const struct route *r;
-	size_t need = 0, i, size = 0;
+	size_t size = 0;
 	int rc = IOTR_OK, oversized = 0;
 
-	for (i = 0; i < cfg->nroutes; i++)
-		if (cfg->routes[i].filter.ncaptures > need)
-			need = cfg->routes[i].filter.ncaptures;
-	if (2 * need > sizeof(spans_small) / sizeof(spans_small[0]) &&
-	    !(spans = malloc(2 * need * sizeof(*spans)))) {
+	if (2 * p->max_captures > sizeof(spans_small) / sizeof(spans_small[0]) &&
+	    !(spans = malloc(2 * p->max_captures * sizeof(*spans)))) {
 		atomic_fetch_add(&p->inflight, 1);
 		lose(p, msg, "out of memory routing it");
 		return IOTR_ENOMEM;
@@ -996,6 +994,9 @@ struct pipeline *pipeline_new(struct router_config *cfg)
 			return NULL;
 		}
 	}
+	for (i = 0; i < cfg->nroutes; i++)
+		if (cfg->routes[i].filter.ncaptures > p->max_captures)
+			p->max_captures = cfg->routes[i].filter.ncaptures;
 	for (i = 0; i < cfg->ninstances; i++) {
 		struct iotr_instance *t = cfg->instances[i];
 
