@@ -320,21 +320,25 @@ size_t msg_size(const iotr_msg *msg)
  */
 #define MSG_RECORD_VERSION 1
 
-static int put(struct msg_buf *b, const void *data, size_t len)
+int msg_buf_add(struct msg_buf *b, const void *data, size_t len)
 {
-	if (b->len + len > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
+	/* One byte more than asked, kept NUL, so text built here is a C
+	 * string (template.c relies on it). */
+	if (b->len + len + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 64;
 		char *p;
 
-		while (cap < b->len + len)
+		while (cap < b->len + len + 1)
 			cap *= 2;
 		if (!(p = realloc(b->data, cap)))
 			return -1;
 		b->data = p;
 		b->cap = cap;
 	}
-	memcpy(b->data + b->len, data, len);
+	if (len)
+		memcpy(b->data + b->len, data, len);
 	b->len += len;
+	b->data[b->len] = '\0';
 	return 0;
 }
 
@@ -345,7 +349,7 @@ static int put_u(struct msg_buf *b, uint64_t v, int bytes)
 
 	for (i = 0; i < bytes; i++)
 		le[i] = (unsigned char)(v >> (8 * i));
-	return put(b, le, (size_t)bytes);
+	return msg_buf_add(b, le, (size_t)bytes);
 }
 
 static int put_bytes(struct msg_buf *b, const void *data, size_t len,
@@ -355,7 +359,7 @@ static int put_bytes(struct msg_buf *b, const void *data, size_t len,
 		len = UINT16_MAX;
 	if (len > UINT32_MAX)
 		return -1;
-	return put_u(b, len, lenbytes) || put(b, data, len);
+	return put_u(b, len, lenbytes) || msg_buf_add(b, data, len);
 }
 
 int msg_encode(const iotr_msg *msg, const char *source, struct msg_buf *b)
@@ -367,7 +371,7 @@ int msg_encode(const iotr_msg *msg, const char *source, struct msg_buf *b)
 	b->len = 0;
 	if (!source)
 		source = "";
-	if (put(b, head, 4) || put_u(b, (uint64_t)msg->time_us, 8) ||
+	if (msg_buf_add(b, head, 4) || put_u(b, (uint64_t)msg->time_us, 8) ||
 	    put_bytes(b, source, strlen(source), 2) ||
 	    put_bytes(b, msg->topic, strlen(msg->topic), 4) ||
 	    put_bytes(b, msg->payload, msg->payload_len, 4) ||

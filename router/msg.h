@@ -82,11 +82,15 @@ size_t msg_size(const iotr_msg *msg);
 
 int64_t msg_now_us(void);
 
-/* A growable byte buffer for encoded records. */
+/* A growable byte buffer (records, rendered templates); data stays
+ * NUL-terminated after len. */
 struct msg_buf {
 	char *data;
 	size_t len, cap;
 };
+
+/* Append len bytes; 0, or -1 when out of memory. */
+int msg_buf_add(struct msg_buf *b, const void *data, size_t len);
 
 /*
  * The message as its input handed it over (topic, payload, QoS, retain,

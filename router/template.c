@@ -34,30 +34,6 @@ struct template {
 	size_t nsegs;
 };
 
-struct buf {
-	char *data;
-	size_t len, cap;
-};
-
-static int buf_add(struct buf *b, const char *s, size_t len)
-{
-	if (b->len + len + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 64;
-		char *p;
-
-		while (cap < b->len + len + 1)
-			cap *= 2;
-		if (!(p = realloc(b->data, cap)))
-			return -1;
-		b->data = p;
-		b->cap = cap;
-	}
-	memcpy(b->data + b->len, s, len);
-	b->len += len;
-	b->data[b->len] = '\0';
-	return 0;
-}
-
 static struct segment *template_add(struct template *t)
 {
 	struct segment *s = realloc(t->segs, (t->nsegs + 1) * sizeof(*s));
@@ -199,14 +175,14 @@ struct template *template_parse(const char *text,
                                 char *err, size_t errlen)
 {
 	struct template *t = calloc(1, sizeof(*t));
-	struct buf lit = { 0 };
+	struct msg_buf lit = { 0 };
 	const char *p = text;
 
 	if (!t || !(t->source = strdup(text)))
 		goto nomem;
 	while (*p) {
 		if (p[0] == '$' && p[1] == '$') {
-			if (buf_add(&lit, "$", 1))
+			if (msg_buf_add(&lit, "$", 1))
 				goto nomem;
 			p += 2;
 			continue;
@@ -234,7 +210,7 @@ struct template *template_parse(const char *text,
 			p = end + 1;
 			continue;
 		}
-		if (buf_add(&lit, p, 1))
+		if (msg_buf_add(&lit, p, 1))
 			goto nomem;
 		p++;
 	}
@@ -308,7 +284,7 @@ static json_t *json_walk(json_t *v, const struct segment *s)
 	return v;
 }
 
-static int render_json(const struct segment *s, iotr_msg *msg, struct buf *b,
+static int render_json(const struct segment *s, iotr_msg *msg, struct msg_buf *b,
                        char *err, size_t errlen)
 {
 	json_t *root = msg_json(msg), *v;
@@ -327,15 +303,15 @@ static int render_json(const struct segment *s, iotr_msg *msg, struct buf *b,
 	}
 	switch (json_typeof(v)) {
 	case JSON_STRING:
-		return buf_add(b, json_string_value(v),
+		return msg_buf_add(b, json_string_value(v),
 		               json_string_length(v)) ? IOTR_ENOMEM : IOTR_OK;
 	case JSON_INTEGER:
 		n = snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT,
 		             json_integer_value(v));
-		return buf_add(b, num, (size_t)n) ? IOTR_ENOMEM : IOTR_OK;
+		return msg_buf_add(b, num, (size_t)n) ? IOTR_ENOMEM : IOTR_OK;
 	case JSON_TRUE:
 	case JSON_FALSE:
-		return buf_add(b, json_is_true(v) ? "true" : "false",
+		return msg_buf_add(b, json_is_true(v) ? "true" : "false",
 		               json_is_true(v) ? 4 : 5) ? IOTR_ENOMEM : IOTR_OK;
 	default: {
 		/* 15 digits: 21.3 stays 21.3, not 21.300000000000001. */
@@ -345,7 +321,7 @@ static int render_json(const struct segment *s, iotr_msg *msg, struct buf *b,
 
 		if (!text)
 			return IOTR_ENOMEM;
-		rc = buf_add(b, text, strlen(text)) ? IOTR_ENOMEM : IOTR_OK;
+		rc = msg_buf_add(b, text, strlen(text)) ? IOTR_ENOMEM : IOTR_OK;
 		free(text);
 		return rc;
 	}
@@ -353,7 +329,7 @@ static int render_json(const struct segment *s, iotr_msg *msg, struct buf *b,
 }
 
 static int render_level(const struct segment *s, const iotr_msg *msg,
-                        struct buf *b, char *err, size_t errlen)
+                        struct msg_buf *b, char *err, size_t errlen)
 {
 	const char *p = msg->topic;
 	long level = 0;
@@ -370,27 +346,27 @@ static int render_level(const struct segment *s, const iotr_msg *msg,
 		level++;
 	}
 	end = strchr(p, '/');
-	return buf_add(b, p, end ? (size_t)(end - p) : strlen(p)) ?
+	return msg_buf_add(b, p, end ? (size_t)(end - p) : strlen(p)) ?
 		IOTR_ENOMEM : IOTR_OK;
 }
 
 int template_render(const struct template *t, iotr_msg *msg, char **out,
                     size_t *outlen, char *err, size_t errlen)
 {
-	struct buf b = { 0 };
+	struct msg_buf b = { 0 };
 	size_t i, hlen;
 	const void *hval;
 	char num[8];
 	int rc = IOTR_OK;
 
-	if (buf_add(&b, "", 0))
+	if (msg_buf_add(&b, "", 0))
 		return IOTR_ENOMEM;
 	for (i = 0; i < t->nsegs && rc == IOTR_OK; i++) {
 		const struct segment *s = &t->segs[i];
 
 		switch (s->kind) {
 		case SEG_TEXT:
-			rc = buf_add(&b, s->text, s->len) ? IOTR_ENOMEM : 0;
+			rc = msg_buf_add(&b, s->text, s->len) ? IOTR_ENOMEM : 0;
 			break;
 		case SEG_CAPTURE: {
 			const char *v = msg->captures ?
@@ -402,11 +378,11 @@ int template_render(const struct template *t, iotr_msg *msg, char **out,
 				rc = IOTR_FAIL;
 				break;
 			}
-			rc = buf_add(&b, v, strlen(v)) ? IOTR_ENOMEM : 0;
+			rc = msg_buf_add(&b, v, strlen(v)) ? IOTR_ENOMEM : 0;
 			break;
 		}
 		case SEG_TOPIC:
-			rc = buf_add(&b, msg->topic, strlen(msg->topic)) ?
+			rc = msg_buf_add(&b, msg->topic, strlen(msg->topic)) ?
 				IOTR_ENOMEM : 0;
 			break;
 		case SEG_LEVEL:
@@ -422,11 +398,11 @@ int template_render(const struct template *t, iotr_msg *msg, char **out,
 				rc = IOTR_FAIL;
 				break;
 			}
-			rc = buf_add(&b, hval, hlen) ? IOTR_ENOMEM : 0;
+			rc = msg_buf_add(&b, hval, hlen) ? IOTR_ENOMEM : 0;
 			break;
 		case SEG_QOS:
 			snprintf(num, sizeof(num), "%d", msg->qos);
-			rc = buf_add(&b, num, strlen(num)) ? IOTR_ENOMEM : 0;
+			rc = msg_buf_add(&b, num, strlen(num)) ? IOTR_ENOMEM : 0;
 			break;
 		}
 	}
