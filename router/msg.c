@@ -34,19 +34,31 @@ static void *dup_bytes(const void *data, size_t len)
 }
 
 /*
- * One allocation holds the message, its topic and its first payload: the
- * hot path makes one malloc where it would make three.  A payload set later
- * gets its own buffer (see msg_set_payload).
+ * Room msg_new() adds to each message for what routing attaches to it:
+ * captures, destination, key and headers.  Routes that fit (most; a topic's
+ * captures and the default headers are about the topic's length again) cost
+ * no allocation beyond the message's own; the rest falls back to malloc().
+ */
+#define MSG_SPARE_MIN 256
+
+#define MSG_ALIGN(n) (((n) + 7) & ~(size_t)7)
+
+/*
+ * One allocation holds the message, its topic, its first payload and the
+ * spare room: the hot path makes one malloc where it would make ten.  A
+ * payload set later gets its own buffer (see msg_set_payload).
  */
 iotr_msg *msg_new(const char *topic, const void *payload, size_t len)
 {
 	size_t tlen = topic ? strlen(topic) : 0;
+	size_t head, spare = MSG_SPARE_MIN + 2 * tlen;
 	iotr_msg *msg;
 	char *p;
 
 	if (!payload)
 		len = 0;
-	msg = malloc(sizeof(*msg) + tlen + 1 + len + 1);
+	head = MSG_ALIGN(sizeof(*msg) + tlen + 1 + len + 1);
+	msg = malloc(head + spare);
 	if (!msg)
 		return NULL;
 	memset(msg, 0, sizeof(*msg));
@@ -60,7 +72,46 @@ iotr_msg *msg_new(const char *topic, const void *payload, size_t len)
 	p[len] = '\0';
 	msg->payload_len = len;
 	msg->time_us = msg_now_us();
+	msg->spare = (char *)msg + head;
+	msg->spare_len = spare;
+	msg->block_end = msg->spare + spare;
 	return msg;
+}
+
+void *msg_alloc(iotr_msg *msg, size_t size)
+{
+	void *part;
+
+	size = MSG_ALIGN(size ? size : 1);
+	if (size > msg->spare_len)
+		return malloc(size);
+	part = msg->spare;
+	msg->spare += size;
+	msg->spare_len -= size;
+	return part;
+}
+
+void msg_release(const iotr_msg *msg, void *part)
+{
+	const char *c = part;
+
+	/* the spare room is freed with the message */
+	if (c >= (const char *)(msg + 1) && c < msg->block_end)
+		return;
+	free(part);
+}
+
+/* A part of msg holding len bytes and a NUL after them. */
+static char *msg_dup(iotr_msg *msg, const void *data, size_t len)
+{
+	char *copy = msg_alloc(msg, len + 1);
+
+	if (!copy)
+		return NULL;
+	if (len)
+		memcpy(copy, data, len);
+	copy[len] = '\0';
+	return copy;
 }
 
 /* Whether the payload lives in the message's own block. */
@@ -72,7 +123,7 @@ static int payload_inline(const iotr_msg *msg)
 /* The captures array and its strings are one allocation (route.c). */
 static void msg_drop_captures(iotr_msg *msg)
 {
-	free(msg->captures);
+	msg_release(msg, msg->captures);
 	msg->captures = NULL;
 }
 
@@ -83,17 +134,17 @@ void msg_free(iotr_msg *msg)
 	if (!msg)
 		return;
 	msg_drop_captures(msg);
-	for (i = 0; i < msg->nheaders; i++)
-		free(msg->headers[i].name);     /* value is in the same block */
-	free(msg->headers);
+	for (i = 0; i < msg->nheaders; i++)  /* value is in the same part */
+		msg_release(msg, msg->headers[i].name);
+	msg_release(msg, msg->headers);
 	if (msg->json)
 		json_decref(msg->json);
 	if (!payload_inline(msg))
 		free(msg->payload);
 	msg->payload = NULL;
-	free(msg->key);
-	free(msg->dest);
-	free(msg->error);
+	msg_release(msg, msg->key);
+	msg_release(msg, msg->dest);
+	msg_release(msg, msg->error);
 	free(msg);
 }
 
@@ -173,9 +224,9 @@ int msg_set_key(iotr_msg *msg, const char *key, size_t len)
 {
 	char *copy = NULL;
 
-	if (key && !(copy = dup_bytes(key, len)))
+	if (key && !(copy = msg_dup(msg, key, len)))
 		return IOTR_ENOMEM;
-	free(msg->key);
+	msg_release(msg, msg->key);
 	msg->key = copy;
 	msg->key_len = key ? len : 0;
 	return IOTR_OK;
@@ -185,9 +236,9 @@ int msg_set_dest(iotr_msg *msg, const char *topic)
 {
 	char *copy = NULL;
 
-	if (topic && !(copy = strdup(topic)))
+	if (topic && !(copy = msg_dup(msg, topic, strlen(topic))))
 		return IOTR_ENOMEM;
-	free(msg->dest);
+	msg_release(msg, msg->dest);
 	msg->dest = copy;
 	return IOTR_OK;
 }
@@ -215,21 +266,24 @@ int msg_add_header(iotr_msg *msg, const char *name, const void *value,
 	if (!name)
 		return IOTR_EINVAL;
 	if (msg->nheaders == msg->headers_cap) {
-		size_t cap = msg->headers_cap ? msg->headers_cap * 2 : 8;
+		size_t cap = msg->headers_cap ? msg->headers_cap * 2 : 4;
 
-		h = realloc(msg->headers, cap * sizeof(*h));
+		h = msg_alloc(msg, cap * sizeof(*h));
 		if (!h)
 			return IOTR_ENOMEM;
+		if (msg->nheaders)
+			memcpy(h, msg->headers, msg->nheaders * sizeof(*h));
+		msg_release(msg, msg->headers);
 		msg->headers = h;
 		msg->headers_cap = cap;
 	}
-	/* Name and value in one block: one malloc a header. */
+	/* Name and value in one part. */
 	h = &msg->headers[msg->nheaders];
 	if (!value)
 		len = 0;
 	{
 		size_t nlen = strlen(name);
-		char *block = malloc(nlen + 1 + len + 1);
+		char *block = msg_alloc(msg, nlen + 1 + len + 1);
 
 		if (!block)
 			return IOTR_ENOMEM;
@@ -251,7 +305,7 @@ void msg_remove_header(iotr_msg *msg, const char *name)
 
 	for (i = 0; i < msg->nheaders; i++) {
 		if (strcmp(msg->headers[i].name, name) == 0) {
-			free(msg->headers[i].name);
+			msg_release(msg, msg->headers[i].name);
 			continue;
 		}
 		msg->headers[kept++] = msg->headers[i];
@@ -275,8 +329,8 @@ const void *msg_header(const iotr_msg *msg, const char *name, size_t *len)
 
 void msg_set_error(iotr_msg *msg, const char *reason)
 {
-	free(msg->error);
-	msg->error = reason ? strdup(reason) : NULL;
+	msg_release(msg, msg->error);
+	msg->error = reason ? msg_dup(msg, reason, strlen(reason)) : NULL;
 }
 
 const char *msg_capture(const iotr_msg *msg, const char *name)
@@ -330,8 +384,14 @@ int msg_buf_add(struct msg_buf *b, const void *data, size_t len)
 
 		while (cap < b->len + len + 1)
 			cap *= 2;
-		if (!(p = realloc(b->data, cap)))
+		if (b->data && b->data == b->fixed) {
+			/* out of the caller's memory, onto the heap */
+			if (!(p = malloc(cap)))
+				return -1;
+			memcpy(p, b->data, b->len + 1);
+		} else if (!(p = realloc(b->data, cap))) {
 			return -1;
+		}
 		b->data = p;
 		b->cap = cap;
 	}
@@ -340,6 +400,17 @@ int msg_buf_add(struct msg_buf *b, const void *data, size_t len)
 	b->len += len;
 	b->data[b->len] = '\0';
 	return 0;
+}
+
+void msg_buf_release(struct msg_buf *b)
+{
+	if (b->data != b->fixed)
+		free(b->data);
+	b->data = b->fixed;
+	b->len = 0;
+	b->cap = b->fixed_cap;
+	if (b->data)
+		b->data[0] = '\0';
 }
 
 static int put_u(struct msg_buf *b, uint64_t v, int bytes)

@@ -53,9 +53,21 @@ struct iotr_msg {
 	int json_state;         /* 0 not parsed, 1 parsed, -1 not JSON */
 	uint64_t wal_id;        /* its record in the write-ahead log, or 0 */
 	struct iotr_msg *next;  /* queue link */
+
+	/* Room left at the end of the message's own allocation, which
+	 * msg_alloc() hands out before it turns to malloc (see msg_new). */
+	char *spare;
+	size_t spare_len;
+	char *block_end;
 };
 
 iotr_msg *msg_new(const char *topic, const void *payload, size_t len);
+/* size bytes (8-aligned) for a part of msg, from the spare room of its own
+ * allocation when they fit, else from malloc(); give them back with
+ * msg_release().  NULL when out of memory. */
+void *msg_alloc(iotr_msg *msg, size_t size);
+/* Free a part msg_alloc() gave (nothing to do for the spare room's). */
+void msg_release(const iotr_msg *msg, void *part);
 iotr_msg *msg_clone(const iotr_msg *msg);
 /* n capture strings (NULL allowed) copied into one allocation: the array
  * followed by the strings; one free() releases it. */
@@ -83,14 +95,23 @@ size_t msg_size(const iotr_msg *msg);
 int64_t msg_now_us(void);
 
 /* A growable byte buffer (records, rendered templates); data stays
- * NUL-terminated after len. */
+ * NUL-terminated after len.  It may start in caller's memory (MSG_BUF_ON):
+ * it moves to the heap only when it outgrows that. */
 struct msg_buf {
 	char *data;
 	size_t len, cap;
+	char *fixed;            /* the caller's memory, or NULL */
+	size_t fixed_cap;
 };
+
+#define MSG_BUF_ON(mem) \
+	{ .data = (mem), .cap = sizeof(mem), .fixed = (mem), \
+	  .fixed_cap = sizeof(mem) }
 
 /* Append len bytes; 0, or -1 when out of memory. */
 int msg_buf_add(struct msg_buf *b, const void *data, size_t len);
+/* Free what the buffer took from the heap and empty it. */
+void msg_buf_release(struct msg_buf *b);
 
 /*
  * The message as its input handed it over (topic, payload, QoS, retain,

@@ -243,21 +243,21 @@ static int route_fail(iotr_msg *msg, const struct route *r, const char *what,
 
 int route_apply(const struct route *r, iotr_msg *msg, const size_t *spans)
 {
-	char err[256];
-	char *text;
-	size_t len, i;
-	int rc;
+	char err[256], text[256];
+	struct msg_buf b = MSG_BUF_ON(text);
+	size_t i;
+	int rc = IOTR_OK;
 
 	msg->route = r;
 	if (r->filter.ncaptures) {
-		/* The array and its strings in one block (captures_copy's
+		/* The array and its strings in one part (captures_copy's
 		 * layout), cut from the topic. */
 		size_t n = r->filter.ncaptures, size = n * sizeof(char *);
 		char *p;
 
 		for (i = 0; i < n; i++)
 			size += spans[2 * i + 1] + 1;
-		if (!(msg->captures = malloc(size)))
+		if (!(msg->captures = msg_alloc(msg, size)))
 			return IOTR_ENOMEM;
 		p = (char *)(msg->captures + n);
 		for (i = 0; i < n; i++) {
@@ -267,42 +267,44 @@ int route_apply(const struct route *r, iotr_msg *msg, const size_t *spans)
 			*p++ = '\0';
 		}
 	}
+	/* Each template renders into b (on the stack unless it is long) and
+	 * is copied into the message's own room. */
 	if (r->topic) {
-		rc = template_render(r->topic, msg, &text, &len, err,
-		                     sizeof(err));
+		rc = template_render_to(r->topic, msg, &b, err, sizeof(err));
 		if (rc == IOTR_FAIL)
-			return route_fail(msg, r, "topic", err);
+			rc = route_fail(msg, r, "topic", err);
+		else if (rc == IOTR_OK && msg_set_dest(msg, b.data))
+			rc = IOTR_ENOMEM;
 		if (rc)
-			return rc;
-		free(msg->dest);
-		msg->dest = text;
+			goto out;
 	}
 	if (r->key) {
-		rc = template_render(r->key, msg, &text, &len, err,
-		                     sizeof(err));
+		rc = template_render_to(r->key, msg, &b, err, sizeof(err));
 		if (rc == IOTR_FAIL)
-			return route_fail(msg, r, "key", err);
+			rc = route_fail(msg, r, "key", err);
+		else if (rc == IOTR_OK && msg_set_key(msg, b.data, b.len))
+			rc = IOTR_ENOMEM;
 		if (rc)
-			return rc;
-		free(msg->key);
-		msg->key = text;
-		msg->key_len = len;
+			goto out;
 	}
-	if (r->default_headers && route_default_headers(msg))
-		return IOTR_ENOMEM;
+	if (r->default_headers && route_default_headers(msg)) {
+		rc = IOTR_ENOMEM;
+		goto out;
+	}
 	for (i = 0; i < r->nheaders; i++) {
-		rc = template_render(r->headers[i].value, msg, &text, &len,
-		                     err, sizeof(err));
+		rc = template_render_to(r->headers[i].value, msg, &b, err,
+		                        sizeof(err));
 		if (rc == IOTR_FAIL)
-			return route_fail(msg, r, r->headers[i].name, err);
+			rc = route_fail(msg, r, r->headers[i].name, err);
+		else if (rc == IOTR_OK)
+			rc = msg_add_header(msg, r->headers[i].name, b.data,
+			                    b.len);
 		if (rc)
-			return rc;
-		rc = msg_add_header(msg, r->headers[i].name, text, len);
-		free(text);
-		if (rc)
-			return rc;
+			goto out;
 	}
-	return IOTR_OK;
+out:
+	msg_buf_release(&b);
+	return rc;
 }
 
 void route_free(struct route *r)

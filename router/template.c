@@ -350,15 +350,16 @@ static int render_level(const struct segment *s, const iotr_msg *msg,
 		IOTR_ENOMEM : IOTR_OK;
 }
 
-int template_render(const struct template *t, iotr_msg *msg, char **out,
-                    size_t *outlen, char *err, size_t errlen)
+int template_render_to(const struct template *t, iotr_msg *msg,
+                       struct msg_buf *out, char *err, size_t errlen)
 {
-	struct msg_buf b = { 0 };
+	struct msg_buf b = *out;
 	size_t i, hlen;
 	const void *hval;
 	char num[8];
 	int rc = IOTR_OK;
 
+	b.len = 0;
 	if (msg_buf_add(&b, "", 0))
 		return IOTR_ENOMEM;
 	for (i = 0; i < t->nsegs && rc == IOTR_OK; i++) {
@@ -406,8 +407,19 @@ int template_render(const struct template *t, iotr_msg *msg, char **out,
 			break;
 		}
 	}
+	*out = b;   /* also on failure: what moved to the heap is freed by
+	             * the caller's msg_buf_release() */
+	return rc;
+}
+
+int template_render(const struct template *t, iotr_msg *msg, char **out,
+                    size_t *outlen, char *err, size_t errlen)
+{
+	struct msg_buf b = { 0 };
+	int rc = template_render_to(t, msg, &b, err, errlen);
+
 	if (rc) {
-		free(b.data);
+		msg_buf_release(&b);
 		return rc;
 	}
 	*out = b.data;

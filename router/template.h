@@ -19,6 +19,8 @@
 
 #include "iotrouter/plugin.h"
 
+struct msg_buf;
+
 struct topic_filter;
 struct template;
 
@@ -42,5 +44,11 @@ const char *template_source(const struct template *t);
  */
 int template_render(const struct template *t, iotr_msg *msg, char **out,
                     size_t *outlen, char *err, size_t errlen);
+/* The same into out, replacing what it held: out->data is the text and
+ * out->len its length.  out may start in the caller's memory (MSG_BUF_ON),
+ * so that a short text costs no allocation; msg_buf_release() it when done,
+ * also after a failure. */
+int template_render_to(const struct template *t, iotr_msg *msg,
+                       struct msg_buf *out, char *err, size_t errlen);
 
 #endif

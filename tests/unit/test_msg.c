@@ -7,6 +7,8 @@
 
 #include <check.h>
 #include <stdio.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -214,6 +216,66 @@ START_TEST(set_qos_checks_range)
 	ck_assert_int_eq(msg->retain, 1);
 	ck_assert_int_eq(msg_set_qos(msg, 0, 0), IOTR_OK);
 	ck_assert_int_eq(msg->retain, 0);
+	msg_free(msg);
+}
+END_TEST
+
+/*
+ * Routing attaches captures, key, destination and headers to a message in
+ * the spare room of its own allocation, then from malloc() once that is
+ * used up.  Whatever a part came from, it reads back right and freeing the
+ * message frees it (ASan and valgrind runs of this suite check the latter).
+ */
+START_TEST(parts_outgrow_the_spare_room)
+{
+	iotr_msg *msg = msg_new("sensors/site-1/dev-1", "{}", 2);
+	char name[32], value[200];
+	void *big;
+	int i;
+
+	/* many replacements: each leaves its old part behind */
+	for (i = 0; i < 100; i++) {
+		snprintf(value, sizeof(value), "dev-%d", i);
+		ck_assert_int_eq(msg_set_key(msg, value, strlen(value)), IOTR_OK);
+		ck_assert_int_eq(msg_set_dest(msg, value), IOTR_OK);
+	}
+	ck_assert_str_eq(msg->key, "dev-99");
+	ck_assert_str_eq(msg->dest, "dev-99");
+	for (i = 0; i < 64; i++) {
+		snprintf(name, sizeof(name), "h%d", i);
+		memset(value, 'a' + i % 26, sizeof(value));
+		ck_assert_int_eq(msg_add_header(msg, name, value, sizeof(value)),
+		                 IOTR_OK);
+	}
+	ck_assert_uint_eq(msg->nheaders, 64);
+	for (i = 0; i < 64; i++) {
+		size_t len;
+		const char *v;
+
+		snprintf(name, sizeof(name), "h%d", i);
+		v = msg_header(msg, name, &len);
+		ck_assert_ptr_nonnull(v);
+		ck_assert_uint_eq(len, sizeof(value));
+		ck_assert_int_eq(v[0], 'a' + i % 26);
+		ck_assert_int_eq(v[len - 1], 'a' + i % 26);
+	}
+	msg_remove_header(msg, "h0");
+	ck_assert_uint_eq(msg->nheaders, 63);
+	msg_set_error(msg, "a reason");
+	ck_assert_str_eq(msg->error, "a reason");
+	/* a part bigger than any spare room, given back early */
+	big = msg_alloc(msg, 1 << 20);
+	ck_assert_ptr_nonnull(big);
+	memset(big, 0, 1 << 20);
+	msg_release(msg, big);
+	/* parts are 8-aligned: captures hold pointers */
+	{
+		void *a = msg_alloc(msg, 3), *b = msg_alloc(msg, 8);
+
+		ck_assert_uint_eq((uintptr_t)b % 8, 0);
+		msg_release(msg, a);
+		msg_release(msg, b);
+	}
 	msg_free(msg);
 }
 END_TEST
@@ -485,6 +547,7 @@ static Suite *msg_suite(void)
 	tcase_add_test(tc, set_key_binary_and_clear);
 	tcase_add_test(tc, set_dest_time_and_error);
 	tcase_add_test(tc, set_qos_checks_range);
+	tcase_add_test(tc, parts_outgrow_the_spare_room);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("records");

@@ -153,6 +153,40 @@ START_TEST(ref_captures)
 }
 END_TEST
 
+/* Routes render into a buffer on the stack; a longer text moves it to the
+ * heap, and the next render starts over in it. */
+START_TEST(render_to_outgrows_a_small_buffer)
+{
+	char small[16], topic[600];
+	struct msg_buf b = MSG_BUF_ON(small);
+	struct template *t;
+
+	memset(topic, 'x', sizeof(topic) - 1);
+	topic[sizeof(topic) - 1] = '\0';
+	topic[3] = '/';
+	use_filter("+site/+device");
+	use_msg(topic, NULL);
+	ck_assert_ptr_nonnull(t = parse("${site}:${device}"));
+	ck_assert_int_eq(template_render_to(t, msg, &b, err, sizeof(err)),
+	                 IOTR_OK);
+	ck_assert_ptr_ne(b.data, small);
+	ck_assert_uint_eq(b.len, sizeof(topic) - 1);
+	ck_assert_str_eq(b.data + 4, topic + 4);
+	ck_assert_int_eq(b.data[3], ':');
+	template_free(t);
+	ck_assert_ptr_nonnull(t = parse("${site}"));
+	ck_assert_int_eq(template_render_to(t, msg, &b, err, sizeof(err)),
+	                 IOTR_OK);
+	ck_assert_str_eq(b.data, "xxx");
+	ck_assert_uint_eq(b.len, 3);
+	template_free(t);
+	msg_buf_release(&b);
+	ck_assert_ptr_eq(b.data, small);
+	/* the route copied its long captures out of the spare room too */
+	ck_assert_uint_eq(strlen(msg_capture(msg, "device")), sizeof(topic) - 5);
+}
+END_TEST
+
 START_TEST(ref_topic_and_levels)
 {
 	use_msg("sensors/berlin//dev-7", NULL);
@@ -371,6 +405,7 @@ static Suite *template_suite(void)
 	tc = tcase_create("references");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, ref_captures);
+	tcase_add_test(tc, render_to_outgrows_a_small_buffer);
 	tcase_add_test(tc, ref_topic_and_levels);
 	tcase_add_test(tc, ref_qos);
 	tcase_add_test(tc, ref_header);
