@@ -19,6 +19,7 @@
 #include "host.h"
 #include "log.h"
 #include "metrics.h"
+#include "msg.h"
 #include "pipeline.h"
 
 #ifndef PLUGINDIR
@@ -467,6 +468,7 @@ int main(int argc, char **argv)
 	cfg_errors_free(&errs);
 	config_free(&cfg);
 	metrics_free();
+	msg_pools_free();   /* last: every thread is gone */
 	free(o.plugin_dirs);
 	return rc;
 }

@@ -5,6 +5,8 @@
  */
 #include "config.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -44,24 +46,185 @@ static void *dup_bytes(const void *data, size_t len)
 #define MSG_ALIGN(n) (((n) + 7) & ~(size_t)7)
 
 /*
+ * Message pools.  A message is made on its input's thread and freed on
+ * whichever thread its delivery report arrives on; freed there, its memory
+ * goes into that thread's malloc caches while the input's thread keeps
+ * taking new memory from the shared arena, and both contend for the arena
+ * lock on every message.  So each thread that makes messages keeps a pool of
+ * blocks in a few fixed sizes: a message freed on its own thread goes back
+ * into the pool; one freed elsewhere is pushed onto its pool's return stack
+ * (lock-free), which the owning thread takes whole when it runs short.
+ * Messages larger than the largest class use malloc() and free() directly.
+ * Each pool keeps at most MSG_POOL_KEEP_BYTES; blocks past that are freed.
+ * Under AddressSanitizer there are no pools, so that it sees every message's
+ * life.
+ */
+static const size_t pool_class_size[] = { 1024, 4096 };
+#define MSG_POOL_CLASSES (sizeof(pool_class_size) / sizeof(pool_class_size[0]))
+#define MSG_POOL_KEEP_BYTES (4u << 20)
+
+#if defined(__SANITIZE_ADDRESS__)
+#define MSG_POOLS 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MSG_POOLS 0
+#endif
+#endif
+#ifndef MSG_POOLS
+#define MSG_POOLS 1
+#endif
+
+struct msg_pool {
+	_Atomic(iotr_msg *) returned;       /* freed on other threads */
+	iotr_msg *free[MSG_POOL_CLASSES];   /* owner only, linked by next */
+	size_t kept_bytes;                  /* owner only */
+	struct msg_pool *all_next;          /* pools_all */
+};
+
+static _Thread_local struct msg_pool *pool_self;
+static struct msg_pool *pools_all;
+static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static struct msg_pool *pool_of_this_thread(void)
+{
+	struct msg_pool *pool = pool_self;
+
+	if (pool || !MSG_POOLS)
+		return pool;
+	if (!(pool = calloc(1, sizeof(*pool))))
+		return NULL;
+	atomic_init(&pool->returned, NULL);
+	pthread_mutex_lock(&pools_lock);
+	pool->all_next = pools_all;
+	pools_all = pool;
+	pthread_mutex_unlock(&pools_lock);
+	return pool_self = pool;
+}
+
+/* Keep a block in its owner's pool, or free it when the pool is full. */
+static void pool_keep(struct msg_pool *pool, iotr_msg *block)
+{
+	size_t size = pool_class_size[block->pool_class];
+
+	if (pool->kept_bytes + size > MSG_POOL_KEEP_BYTES) {
+		free(block);
+		return;
+	}
+	block->next = pool->free[block->pool_class];
+	pool->free[block->pool_class] = block;
+	pool->kept_bytes += size;
+}
+
+/* A block of class cls from this thread's pool, or NULL. */
+static iotr_msg *pool_take(struct msg_pool *pool, unsigned cls)
+{
+	iotr_msg *block = pool->free[cls], *back, *next;
+
+	if (!block) {
+		back = atomic_exchange_explicit(&pool->returned, NULL,
+		                                memory_order_acquire);
+		for (; back; back = next) {
+			next = back->next;
+			pool_keep(pool, back);
+		}
+		if (!(block = pool->free[cls]))
+			return NULL;
+	}
+	pool->free[cls] = block->next;
+	pool->kept_bytes -= pool_class_size[cls];
+	return block;
+}
+
+static void pool_give_back(iotr_msg *block)
+{
+	struct msg_pool *pool = block->pool;
+
+	if (pool == pool_self) {
+		pool_keep(pool, block);
+		return;
+	}
+	block->next = atomic_load_explicit(&pool->returned,
+	                                   memory_order_relaxed);
+	while (!atomic_compare_exchange_weak_explicit(
+			&pool->returned, &block->next, block,
+			memory_order_release, memory_order_relaxed))
+		;
+}
+
+void msg_pools_free(void)
+{
+	struct msg_pool *pool, *next_pool;
+	iotr_msg *block, *next;
+	size_t c;
+
+	pthread_mutex_lock(&pools_lock);
+	for (pool = pools_all; pool; pool = next_pool) {
+		next_pool = pool->all_next;
+		for (c = 0; c < MSG_POOL_CLASSES; c++)
+			for (block = pool->free[c]; block; block = next) {
+				next = block->next;
+				free(block);
+			}
+		for (block = atomic_load(&pool->returned); block; block = next) {
+			next = block->next;
+			free(block);
+		}
+		free(pool);
+	}
+	pools_all = NULL;
+	pthread_mutex_unlock(&pools_lock);
+	pool_self = NULL;
+}
+
+/* A block of at least size bytes for a new message; its size in *got. */
+static iotr_msg *msg_block(size_t size, size_t *got)
+{
+	struct msg_pool *pool = pool_of_this_thread();
+	iotr_msg *block = NULL;
+	unsigned c;
+
+	for (c = 0; pool && c < MSG_POOL_CLASSES; c++) {
+		if (size > pool_class_size[c])
+			continue;
+		if (!(block = pool_take(pool, c)) &&
+		    !(block = malloc(pool_class_size[c])))
+			return NULL;
+		block->pool = pool;
+		block->pool_class = (unsigned char)c;
+		*got = pool_class_size[c];
+		return block;
+	}
+	if ((block = malloc(size)) != NULL)
+		block->pool = NULL;
+	*got = size;
+	return block;
+}
+
+/*
  * One allocation holds the message, its topic, its first payload and the
- * spare room: the hot path makes one malloc where it would make ten.  A
+ * spare room: the hot path makes one allocation where it would make ten.  A
  * payload set later gets its own buffer (see msg_set_payload).
  */
 iotr_msg *msg_new(const char *topic, const void *payload, size_t len)
 {
 	size_t tlen = topic ? strlen(topic) : 0;
-	size_t head, spare = MSG_SPARE_MIN + 2 * tlen;
+	size_t head, got;
 	iotr_msg *msg;
+	struct msg_pool *pool;
+	unsigned char cls;
 	char *p;
 
 	if (!payload)
 		len = 0;
 	head = MSG_ALIGN(sizeof(*msg) + tlen + 1 + len + 1);
-	msg = malloc(head + spare);
+	msg = msg_block(head + MSG_SPARE_MIN + 2 * tlen, &got);
 	if (!msg)
 		return NULL;
+	pool = msg->pool;
+	cls = msg->pool_class;
 	memset(msg, 0, sizeof(*msg));
+	msg->pool = pool;
+	msg->pool_class = cls;
 	p = (char *)(msg + 1);
 	msg->topic = p;
 	memcpy(p, topic ? topic : "", tlen + 1);
@@ -72,9 +235,10 @@ iotr_msg *msg_new(const char *topic, const void *payload, size_t len)
 	p[len] = '\0';
 	msg->payload_len = len;
 	msg->time_us = msg_now_us();
+	/* all of the block past the head: a pooled block may give more */
 	msg->spare = (char *)msg + head;
-	msg->spare_len = spare;
-	msg->block_end = msg->spare + spare;
+	msg->spare_len = got - head;
+	msg->block_end = (char *)msg + got;
 	return msg;
 }
 
@@ -145,7 +309,10 @@ void msg_free(iotr_msg *msg)
 	msg_release(msg, msg->key);
 	msg_release(msg, msg->dest);
 	msg_release(msg, msg->error);
-	free(msg);
+	if (msg->pool)
+		pool_give_back(msg);
+	else
+		free(msg);
 }
 
 char **captures_copy(char *const *src, size_t n)

@@ -59,6 +59,10 @@ struct iotr_msg {
 	char *spare;
 	size_t spare_len;
 	char *block_end;
+	/* the pool of the thread that allocated the message, or NULL when it
+	 * came from malloc() alone (see msg.c) */
+	struct msg_pool *pool;
+	unsigned char pool_class;
 };
 
 iotr_msg *msg_new(const char *topic, const void *payload, size_t len);
@@ -73,6 +77,9 @@ iotr_msg *msg_clone(const iotr_msg *msg);
  * followed by the strings; one free() releases it. */
 char **captures_copy(char *const *src, size_t n);
 void msg_free(iotr_msg *msg);
+/* Free the blocks the message pools keep for reuse; at exit, after every
+ * thread that makes or frees messages has stopped. */
+void msg_pools_free(void);
 
 int msg_set_payload(iotr_msg *msg, const void *payload, size_t len);
 int msg_set_key(iotr_msg *msg, const char *key, size_t len);

@@ -815,6 +815,7 @@ out:
 		config_free(&ts.cfg);
 	loader_free(&ts.loader);
 	metrics_free();
+	msg_pools_free();
 	free(ts.dirs);
 	return rc;
 }

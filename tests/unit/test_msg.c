@@ -7,6 +7,7 @@
 
 #include <check.h>
 #include <stdio.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -280,6 +281,65 @@ START_TEST(parts_outgrow_the_spare_room)
 }
 END_TEST
 
+/* Messages freed on another thread (a delivery report's) go back to the
+ * pool of the thread that made them, which reuses them whole and clean. */
+#define POOL_MSGS 500
+static iotr_msg *handed[POOL_MSGS];
+
+static void *free_them(void *arg)
+{
+	size_t i;
+
+	(void)arg;
+	for (i = 0; i < POOL_MSGS; i++)
+		msg_free(handed[i]);
+	return NULL;
+}
+
+START_TEST(pool_takes_back_messages_freed_elsewhere)
+{
+	pthread_t t;
+	size_t i, j, reused = 0;
+	iotr_msg *again;
+
+	for (i = 0; i < POOL_MSGS; i++) {
+		ck_assert_ptr_nonnull(handed[i] = msg_new("a/b", "12345", 5));
+		ck_assert_int_eq(msg_set_key(handed[i], "k", 1), IOTR_OK);
+		ck_assert_int_eq(msg_add_header(handed[i], "h", "v", 1), IOTR_OK);
+	}
+	ck_assert_int_eq(pthread_create(&t, NULL, free_them, NULL), 0);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	for (i = 0; i < POOL_MSGS; i++) {
+		again = msg_new("c/d", "xy", 2);
+		ck_assert_ptr_nonnull(again);
+		for (j = 0; j < POOL_MSGS; j++)
+			reused += again == handed[j];
+		/* nothing of the block's last message shows through */
+		ck_assert_str_eq(again->topic, "c/d");
+		ck_assert_str_eq(again->payload, "xy");
+		ck_assert_ptr_null(again->key);
+		ck_assert_uint_eq(again->nheaders, 0);
+		ck_assert_ptr_null(msg_header(again, "h", NULL));
+		handed[i] = again;
+	}
+	for (i = 0; i < POOL_MSGS; i++)
+		msg_free(handed[i]);
+#if !defined(__SANITIZE_ADDRESS__)
+	ck_assert_uint_gt(reused, POOL_MSGS / 2);
+#endif
+	/* a message too big for any pool class is malloc'd and freed */
+	{
+		static char big[64 * 1024];
+		iotr_msg *m = msg_new("big", big, sizeof(big));
+
+		ck_assert_ptr_nonnull(m);
+		ck_assert_uint_eq(m->payload_len, sizeof(big));
+		msg_free(m);
+	}
+	msg_pools_free();
+}
+END_TEST
+
 /* --- headers ---------------------------------------------------------------- */
 
 START_TEST(header_add_and_lookup)
@@ -548,6 +608,7 @@ static Suite *msg_suite(void)
 	tcase_add_test(tc, set_dest_time_and_error);
 	tcase_add_test(tc, set_qos_checks_range);
 	tcase_add_test(tc, parts_outgrow_the_spare_room);
+	tcase_add_test(tc, pool_takes_back_messages_freed_elsewhere);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("records");
