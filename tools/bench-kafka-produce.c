@@ -87,6 +87,9 @@ struct prod {
 
 const char bench_name[] = PROD_NAME;
 
+/* --rate: how far ahead of its due time a message may be produced */
+#define PROD_PACE_AHEAD_NS 1000000
+
 static void prod_sleep_until(int64_t deadline)
 {
 	struct timespec ts = { (time_t)(deadline / 1000000000),
@@ -427,8 +430,15 @@ int main(int argc, char **argv)
 		size_t len;
 		int64_t now;
 
-		if (p->opt.rate > 0)
-			prod_sleep_until(t0 + (int64_t)((double)i * 1e9 / p->opt.rate));
+		if (p->opt.rate > 0) {
+			/* paced like iotrouter-sim: a message due within the
+			 * next millisecond goes now, so that pacing wakes up
+			 * once a millisecond, not once a message */
+			int64_t due = t0 + (int64_t)((double)i * 1e9 / p->opt.rate);
+
+			if (due - bench_now_ns(CLOCK_MONOTONIC) > PROD_PACE_AHEAD_NS)
+				prod_sleep_until(due);
+		}
 		now = bench_now_ns(CLOCK_MONOTONIC);
 		if (now >= end_produce || now >= deadline)
 			break;
