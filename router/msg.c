@@ -59,7 +59,7 @@ static void *dup_bytes(const void *data, size_t len)
  * Under AddressSanitizer there are no pools, so that it sees every message's
  * life.
  */
-static const size_t pool_class_size[] = { 1024, 4096 };
+static const size_t pool_class_size[] = { 512, 768, 1024, 2048, 4096 };
 #define MSG_POOL_CLASSES (sizeof(pool_class_size) / sizeof(pool_class_size[0]))
 #define MSG_POOL_KEEP_BYTES (4u << 20)
 

@@ -322,6 +322,22 @@ void bench_tally_report(struct bench_tally *t, bool complete)
 	long maxrss;
 
 	cpu = bench_cpu_s(&maxrss);
+	if (t->opt->samples_file) {
+		/* in arrival order, before the sort: when the slow ones came */
+		FILE *f = fopen(t->opt->samples_file, "w");
+		size_t i;
+
+		if (!f) {
+			fprintf(stderr, "%s: %s: %s\n", bench_name,
+				t->opt->samples_file, strerror(errno));
+		} else {
+			for (i = 0; i < t->nlat; i++)
+				fprintf(f, "%" PRIu32 "\n", t->lat_us[i]);
+			if (fclose(f) != 0)
+				fprintf(stderr, "%s: %s: %s\n", bench_name,
+					t->opt->samples_file, strerror(errno));
+		}
+	}
 	/* From the first publish to the last arrival: what the whole path
 	 * sustained, a slow start included. */
 	if (t->first_ts_us > 0 && t->last_rt_us > t->first_ts_us)

@@ -93,11 +93,13 @@ struct bench_tally_opts {
 	double idle_s;			/* stop this long after the last; 0: no */
 	double timeout_s;		/* stop after this long in all */
 	unsigned long max_samples;	/* latency samples kept */
+	const char *samples_file;	/* every sample written here, or NULL */
 };
 
 /* The table of struct bench_tally_opts @o's options, for
  * bench_parse_options(): -n/--count, --expect-file, --idle, --timeout,
- * --ready-file, --warm-marker, --warm-file, --warm-count, --max-samples. */
+ * --ready-file, --warm-marker, --warm-file, --warm-count, --max-samples,
+ * --samples-file. */
 #define BENCH_TALLY_OPTIONS(o) (const struct bench_option[]){ \
 	{ "count", 'n', .u64 = &(o)->count, .min = 1, .max = 1e15 }, \
 	{ "expect-file", 0, .text = &(o)->expect_file }, \
@@ -108,6 +110,7 @@ struct bench_tally_opts {
 	{ "warm-file", 0, .text = &(o)->warm_file }, \
 	{ "warm-count", 0, .u64 = &(o)->warm_count, .min = 1, .max = 1e12 }, \
 	{ "max-samples", 0, .ul = &(o)->max_samples, .min = 0, .max = 1e9 }, \
+	{ "samples-file", 0, .text = &(o)->samples_file }, \
 	{ .name = NULL } }
 
 /* The defaults: no count, no idle stop, --timeout 600, --warm-count 1,

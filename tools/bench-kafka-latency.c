@@ -84,6 +84,8 @@ static void lat_usage(FILE *f)
 "                            holds every empty fetch this long, even when\n"
 "                            records arrive meanwhile)\n"
 "      --max-samples N       latency samples kept (default %lu)\n"
+"      --samples-file FILE   write each message's age in microseconds to\n"
+"                            FILE, one a line, in arrival order\n"
 "      --help                print this help\n", BENCH_SAMPLES_DEFAULT);
 }
 

@@ -95,6 +95,8 @@ static void sub_usage(FILE *f)
 "      --warm-file FILE     create FILE once --warm-count of them arrived\n"
 "      --warm-count N       (default 1)\n"
 "      --max-samples N      latency samples kept (default %lu)\n"
+"      --samples-file FILE  write each message's age in microseconds to\n"
+"                           FILE, one a line, in arrival order\n"
 "      --help               print this help\n",
 		SUB_MAX_TOPICS, BENCH_SAMPLES_DEFAULT);
 }
