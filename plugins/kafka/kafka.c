@@ -46,6 +46,13 @@
 /* Kafka's limit on topic names (longer ones are refused by the broker). */
 #define KAFKA_OUT_TOPIC_MAX 249
 
+/* Topic handles deliver() keeps, looked up by name without a lock (see
+ * kafka_out_topic_get).  Past this many topics, a message to a topic not
+ * kept takes librdkafka's by-name path: correct, only slower.  The table
+ * has twice as many slots, so that a lookup stays short. */
+#define KAFKA_OUT_TOPIC_CACHE 1024
+#define KAFKA_OUT_TOPIC_SLOTS (2 * KAFKA_OUT_TOPIC_CACHE)
+
 /* A producing thread serves the delivery reports that are ready after each
  * this many messages it produced (see the top of this file). */
 #define KAFKA_OUT_SERVE_EVERY 32
@@ -54,6 +61,13 @@
  * served reports within this many milliseconds, and serves them itself when
  * the producers go quiet, so that no report waits for the next message. */
 #define KAFKA_OUT_POLL_DEFER_MS 5
+
+/* A kept topic handle; never changed once published in the table. */
+struct kafka_out_topic {
+	uint32_t hash;
+	rd_kafka_topic_t *rkt;
+	char name[];
+};
 
 struct kafka_out {
 	iotr_instance *inst;
@@ -91,8 +105,14 @@ struct kafka_out {
 	/* Reports given as IOTR_ERETRY, to count what a purge hit. */
 	atomic_llong retried;
 
+	/* topic handles by name: read without a lock, added under
+	 * topic_cache_lock (kafka_out_topic_get) */
+	_Atomic(struct kafka_out_topic *) *topic_cache;
+	size_t ntopic_cache;
+	pthread_mutex_t topic_cache_lock;
+
 	/* embedded only: topics already created with the configured partition
-	 * count; written rarely, read by every deliver() */
+	 * count, for topics past the handle cache */
 	pthread_rwlock_t topics_lock;
 	char **topics;
 	size_t ntopics;
@@ -354,6 +374,92 @@ static void kafka_out_embedded_topic(struct kafka_out *k, const char *topic)
 	pthread_rwlock_unlock(&k->topics_lock);
 }
 
+static uint32_t kafka_out_topic_hash(const char *name)
+{
+	uint32_t h = 2166136261u;   /* FNV-1a */
+
+	while (*name)
+		h = (h ^ (unsigned char)*name++) * 16777619u;
+	return h;
+}
+
+/*
+ * The kept handle of topic, or NULL when it is not kept yet (or the table
+ * is full).  librdkafka's own by-name lookup takes the client's write lock
+ * and walks its topic list, and deliver() would check the name each time;
+ * here a message costs a hash and a compare.  Slots only ever go from NULL
+ * to a handle, so a reader that finds NULL has reached the end of the probe.
+ */
+static rd_kafka_topic_t *kafka_out_topic_find(struct kafka_out *k,
+                                              const char *topic, uint32_t hash)
+{
+	size_t i = hash & (KAFKA_OUT_TOPIC_SLOTS - 1);
+	struct kafka_out_topic *t;
+
+	while ((t = atomic_load_explicit(&k->topic_cache[i],
+	                                 memory_order_acquire)) != NULL) {
+		if (t->hash == hash && strcmp(t->name, topic) == 0)
+			return t->rkt;
+		i = (i + 1) & (KAFKA_OUT_TOPIC_SLOTS - 1);
+	}
+	return NULL;
+}
+
+/* Keep a handle for topic (a valid name; created in the embedded cluster
+ * first); the kept handle, or NULL when the table is full or on error. */
+static rd_kafka_topic_t *kafka_out_topic_keep(struct kafka_out *k,
+                                              const char *topic, uint32_t hash)
+{
+	struct kafka_out_topic *t = NULL;
+	rd_kafka_topic_t *rkt;
+	size_t i, len = strlen(topic);
+
+	pthread_mutex_lock(&k->topic_cache_lock);
+	if ((rkt = kafka_out_topic_find(k, topic, hash)) != NULL ||
+	    k->ntopic_cache >= KAFKA_OUT_TOPIC_CACHE)
+		goto out;
+	if (k->embedded)
+		kafka_out_embedded_topic(k, topic);
+	if (!(t = malloc(sizeof(*t) + len + 1)))
+		goto out;
+	if (!(t->rkt = rd_kafka_topic_new(k->rk, topic, NULL))) {
+		k->host->log(k->inst, IOTR_LOG_WARNING, "kafka topic %s: no "
+		             "handle: %s", topic,
+		             rd_kafka_err2str(rd_kafka_last_error()));
+		free(t);
+		goto out;
+	}
+	t->hash = hash;
+	memcpy(t->name, topic, len + 1);
+	i = hash & (KAFKA_OUT_TOPIC_SLOTS - 1);
+	while (atomic_load_explicit(&k->topic_cache[i], memory_order_relaxed))
+		i = (i + 1) & (KAFKA_OUT_TOPIC_SLOTS - 1);
+	atomic_store_explicit(&k->topic_cache[i], t, memory_order_release);
+	k->ntopic_cache++;
+	rkt = t->rkt;
+out:
+	pthread_mutex_unlock(&k->topic_cache_lock);
+	return rkt;
+}
+
+static void kafka_out_topics_free(struct kafka_out *k)
+{
+	size_t i;
+
+	if (!k->topic_cache)
+		return;
+	for (i = 0; i < KAFKA_OUT_TOPIC_SLOTS; i++) {
+		struct kafka_out_topic *t = atomic_load(&k->topic_cache[i]);
+
+		if (t) {
+			rd_kafka_topic_destroy(t->rkt);
+			free(t);
+		}
+	}
+	free(k->topic_cache);
+	k->topic_cache = NULL;
+}
+
 static rd_kafka_headers_t *kafka_out_headers(struct kafka_out *k,
                                              const iotr_msg *msg)
 {
@@ -399,7 +505,9 @@ static int kafka_out_deliver(void *state, iotr_msg *msg)
 	size_t key_len = 0, len = 0;
 	int64_t time_ms;
 	rd_kafka_headers_t *hdrs = NULL;
+	rd_kafka_topic_t *rkt;
 	rd_kafka_resp_err_t err;
+	uint32_t hash;
 	char reason[512];
 
 	if (!topic)
@@ -410,22 +518,28 @@ static int kafka_out_deliver(void *state, iotr_msg *msg)
 		kafka_out_count(k->failed, h);
 		return IOTR_FAIL;
 	}
-	if (!kafka_out_topic_valid(topic)) {
-		snprintf(reason, sizeof(reason), "kafka topic \"%.300s\": not a "
-		         "valid Kafka topic name (1 to %d of letters, digits, "
-		         "'.', '_', '-')", topic, KAFKA_OUT_TOPIC_MAX);
-		h->msg_set_error(msg, reason);
-		kafka_out_count(k->failed, h);
-		return IOTR_FAIL;
-	}
 	if (!k->rk) {
 		/* deliver() before a successful start(): a host bug */
 		h->log(k->inst, IOTR_LOG_ERROR, "deliver() called before the "
 		       "Kafka producer was started");
 		return IOTR_ERETRY;
 	}
-	if (k->embedded)
-		kafka_out_embedded_topic(k, topic);
+	hash = kafka_out_topic_hash(topic);
+	if (!(rkt = kafka_out_topic_find(k, topic, hash))) {
+		/* a topic not seen yet: its name is checked once */
+		if (!kafka_out_topic_valid(topic)) {
+			snprintf(reason, sizeof(reason), "kafka topic \"%.300s\": "
+			         "not a valid Kafka topic name (1 to %d of "
+			         "letters, digits, '.', '_', '-')", topic,
+			         KAFKA_OUT_TOPIC_MAX);
+			h->msg_set_error(msg, reason);
+			kafka_out_count(k->failed, h);
+			return IOTR_FAIL;
+		}
+		rkt = kafka_out_topic_keep(k, topic, hash);
+		if (!rkt && k->embedded)
+			kafka_out_embedded_topic(k, topic);
+	}
 
 	key = h->msg_key(msg, &key_len);
 	payload = h->msg_payload(msg, &len);
@@ -442,7 +556,15 @@ static int kafka_out_deliver(void *state, iotr_msg *msg)
 		atomic_fetch_add(&k->outstanding, 1);
 		/* The payload is borrowed, not copied: the host keeps msg alive
 		 * until kafka_out_dr_cb() has called delivered() for it. */
-		err = rd_kafka_producev(
+		err = rkt ? rd_kafka_producev(
+			k->rk,
+			RD_KAFKA_V_RKT(rkt),
+			RD_KAFKA_V_KEY(key, key ? key_len : 0),
+			RD_KAFKA_V_VALUE((void *)(uintptr_t)payload, len),
+			RD_KAFKA_V_TIMESTAMP(time_ms),
+			RD_KAFKA_V_HEADERS(hdrs),
+			RD_KAFKA_V_OPAQUE(msg),
+			RD_KAFKA_V_END) : rd_kafka_producev(
 			k->rk,
 			RD_KAFKA_V_TOPIC(topic),
 			RD_KAFKA_V_KEY(key, key ? key_len : 0),
@@ -722,6 +844,7 @@ static int kafka_out_create(iotr_instance *inst, const struct iotr_host *host,
 	k->inst = inst;
 	k->host = host;
 	pthread_rwlock_init(&k->topics_lock, NULL);
+	pthread_mutex_init(&k->topic_cache_lock, NULL);
 	atomic_init(&k->outstanding, 0);
 	atomic_init(&k->retried, 0);
 	atomic_init(&k->poll_stop, 0);
@@ -767,6 +890,9 @@ static int kafka_out_create(iotr_instance *inst, const struct iotr_host *host,
 		if (!k->topics)
 			goto fail_nomem;
 	}
+	k->topic_cache = calloc(KAFKA_OUT_TOPIC_SLOTS, sizeof(*k->topic_cache));
+	if (!k->topic_cache)
+		goto fail_nomem;
 
 	if ((rc = kafka_out_build_conf(k)) != IOTR_OK) {
 		if (rc == IOTR_ENOMEM)
@@ -929,8 +1055,10 @@ static void kafka_out_destroy(void *state)
 				             "destroyed; purged and reported for "
 				             "retry", n);
 		}
+		kafka_out_topics_free(k);
 		rd_kafka_destroy(k->rk);
 	}
+	kafka_out_topics_free(k);
 	if (k->conf)
 		rd_kafka_conf_destroy(k->conf);
 	if (k->mcluster)
@@ -941,6 +1069,7 @@ static void kafka_out_destroy(void *state)
 		free(k->topics[i]);
 	free(k->topics);
 	pthread_rwlock_destroy(&k->topics_lock);
+	pthread_mutex_destroy(&k->topic_cache_lock);
 	free(k->bootstrap_file);
 	free(k->topic);
 	free(k->brokers);

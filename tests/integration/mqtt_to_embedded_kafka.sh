@@ -9,10 +9,10 @@ tmpdir_setup
 start_mosquitto || bail_out "mosquitto did not start"
 
 conf=$(router_config embedded <<'CONF'
-router = { workers = 2; };
+router = { workers = 2; dead_letter_topic = "iot.dead"; };
 inputs = ( {
 	name = "sensors"; plugin = "mqtt"; port = @MQTT_PORT@;
-	client_id = "embedded-test"; topics = [ "sensors/#" ]; qos = 1;
+	client_id = "embedded-test"; topics = [ "sensors/#", "raw/#" ]; qos = 1;
 } );
 outputs = ( {
 	name = "kafka"; plugin = "kafka"; brokers = "embedded";
@@ -24,6 +24,9 @@ routes = ( {
 	topic = "iot.${site}.telemetry";
 	key = "${device}";
 	headers = { sensor = "${sensor}"; };
+}, {
+	match = "raw/+kind/#";
+	topic = "raw.${kind}";
 } );
 CONF
 )
@@ -50,13 +53,27 @@ hdr=$(kcat -C -b "$B" -t iot.site-1.telemetry -c 1 -e -q -f '%h\n' 2>/dev/null)
 assert_match "mqtt.topic=sensors/site-1/dev-[0-9]+/[a-z]+,mqtt.qos=1,received_at=[0-9]+,sensor=[a-z]+" \
 	"$hdr" "Kafka headers carry the MQTT topic, QoS, receive time and the route's headers"
 
+# A route whose topic template renders a name Kafka refuses: that message
+# is dead-lettered with the reason; the same route's valid topics flow.
+mqtt_pub -q 1 -t 'raw/bad kind/x' -m '{"v":1}'
+mqtt_pub -q 1 -t 'raw/ok/x' -m '{"v":2}'
+mqtt_pub -q 1 -t 'raw/ok/y' -m '{"v":3}'
+assert_eq 2 "$(wait_kafka_count "$B" raw.ok 2 30)" "a route's valid Kafka topic takes its messages"
+assert_eq 1 "$(wait_kafka_count "$B" iot.dead 1 30)" "one with an invalid topic name is dead-lettered"
+dead=$(kcat -C -b "$B" -t iot.dead -c 1 -e -q -f '%h %s\n' 2>/dev/null)
+assert_match 'kafka topic "raw.bad kind": not a valid Kafka topic name' "$dead" \
+	"its iotrouter.error names the topic and what a valid name is"
+assert_match '"v":1' "$dead" "and it carries the original payload"
+
 # A burst right before SIGTERM: the router drains and flushes before exit.
 sim --devices 5 --count 2000 --rate 0 --qos 1 --topic 'sensors/burst/{device}/{sensor}'
-router_wait_received 5000
+router_wait_received 5003
 router_stop
 assert_eq 0 "$ROUTER_RC" "SIGTERM after a burst stops the router cleanly"
-assert_eq 5000 "$(router_counter router.received)" "it counted 5000 messages in"
-assert_eq 5000 "$(router_counter kafka.delivered)" "and 5000 acknowledged by Kafka before exit"
+assert_eq 5003 "$(router_counter router.received)" "it counted 5003 messages in"
+assert_eq 5003 "$(router_counter kafka.delivered)" \
+	"and 5003 records acknowledged by Kafka before exit (one a dead letter)"
+assert_eq 1 "$(router_counter router.dead_lettered)" "the invalid topic's message is counted as dead-lettered"
 assert_eq 0 "$(router_counter router.lost)" "none lost"
 
 tap_done
