@@ -108,8 +108,9 @@ struct kafka_out {
 	/* topic handles by name: read without a lock, added under
 	 * topic_cache_lock (kafka_out_topic_get) */
 	_Atomic(struct kafka_out_topic *) *topic_cache;
-	size_t ntopic_cache;
+	atomic_size_t ntopic_cache;  /* written under topic_cache_lock */
 	pthread_mutex_t topic_cache_lock;
+	atomic_int topic_new_failed; /* said once */
 
 	/* embedded only: topics already created with the configured partition
 	 * count, for topics past the handle cache */
@@ -414,18 +415,26 @@ static rd_kafka_topic_t *kafka_out_topic_keep(struct kafka_out *k,
 	rd_kafka_topic_t *rkt;
 	size_t i, len = strlen(topic);
 
+	/* full: no lock for the topics past the table */
+	if (atomic_load_explicit(&k->ntopic_cache, memory_order_relaxed) >=
+	    KAFKA_OUT_TOPIC_CACHE)
+		return NULL;
 	pthread_mutex_lock(&k->topic_cache_lock);
 	if ((rkt = kafka_out_topic_find(k, topic, hash)) != NULL ||
-	    k->ntopic_cache >= KAFKA_OUT_TOPIC_CACHE)
+	    atomic_load(&k->ntopic_cache) >= KAFKA_OUT_TOPIC_CACHE)
 		goto out;
 	if (k->embedded)
 		kafka_out_embedded_topic(k, topic);
 	if (!(t = malloc(sizeof(*t) + len + 1)))
 		goto out;
 	if (!(t->rkt = rd_kafka_topic_new(k->rk, topic, NULL))) {
-		k->host->log(k->inst, IOTR_LOG_WARNING, "kafka topic %s: no "
-		             "handle: %s", topic,
-		             rd_kafka_err2str(rd_kafka_last_error()));
+		/* produce by name instead; said once, not per message */
+		if (!atomic_exchange(&k->topic_new_failed, 1))
+			k->host->log(k->inst, IOTR_LOG_WARNING, "kafka topic "
+			             "%s: no topic handle (%s); messages to "
+			             "topics without one are produced by name",
+			             topic,
+			             rd_kafka_err2str(rd_kafka_last_error()));
 		free(t);
 		goto out;
 	}
@@ -435,7 +444,7 @@ static rd_kafka_topic_t *kafka_out_topic_keep(struct kafka_out *k,
 	while (atomic_load_explicit(&k->topic_cache[i], memory_order_relaxed))
 		i = (i + 1) & (KAFKA_OUT_TOPIC_SLOTS - 1);
 	atomic_store_explicit(&k->topic_cache[i], t, memory_order_release);
-	k->ntopic_cache++;
+	atomic_fetch_add(&k->ntopic_cache, 1);
 	rkt = t->rkt;
 out:
 	pthread_mutex_unlock(&k->topic_cache_lock);

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -586,10 +587,22 @@ static bool mqtt_sleep(struct mqtt_in *m, int64_t ms)
  * mosquitto_loop() does the same but reads one packet per select() call,
  * and that select() was a sixth of the input's cost per message at high
  * rates.  mosquitto_loop_read() reads one packet (it ignores max_packets
- * for a subscriber) and leaves errno at EAGAIN when the socket had no more.
+ * for a subscriber) and leaves errno at EAGAIN when the socket had no more,
+ * but also when anything else in it met EAGAIN: queuing a PUBACK writes a
+ * byte to libmosquitto's wake-up socket pair, which only mosquitto_loop()
+ * drains, so once that pair is full every QoS 1 packet ends in EAGAIN.  So
+ * EAGAIN only sends the loop to ask the socket itself (mqtt_readable).
  * TLS connections keep mosquitto_loop(), which also drives the handshake
  * and data buffered inside the TLS library.
  */
+/* Whether bytes wait on the socket. */
+static bool mqtt_readable(int fd)
+{
+	int n = 0;
+
+	return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
 static int mqtt_loop_plain(struct mqtt_conn *c)
 {
 	struct pollfd pfd = { .fd = mosquitto_socket(c->mosq), .events = POLLIN };
@@ -607,8 +620,10 @@ static int mqtt_loop_plain(struct mqtt_conn *c)
 			rc = mosquitto_loop_read(c->mosq, 1);
 			if (rc != MOSQ_ERR_SUCCESS)
 				return rc;
-			if (errno == EAGAIN || errno == EWOULDBLOCK ||
-			    mosquitto_socket(c->mosq) < 0)
+			if (mosquitto_socket(c->mosq) < 0)
+				break;
+			if ((errno == EAGAIN || errno == EWOULDBLOCK) &&
+			    !mqtt_readable(pfd.fd))
 				break;
 		}
 	}
