@@ -22,11 +22,10 @@ int64_t msg_now_us(void)
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* A copy of len bytes with a NUL after them, so text fields are C strings. */
-static void *dup_bytes(const void *data, size_t len)
+/* Fill copy (len + 1 bytes, or NULL when their allocation failed) with len
+ * bytes and a NUL after them, so text fields are C strings. */
+static char *text_into(char *copy, const void *data, size_t len)
 {
-	char *copy = malloc(len + 1);
-
 	if (!copy)
 		return NULL;
 	if (len)
@@ -268,14 +267,7 @@ void msg_release(const iotr_msg *msg, void *part)
 /* A part of msg holding len bytes and a NUL after them. */
 static char *msg_dup(iotr_msg *msg, const void *data, size_t len)
 {
-	char *copy = msg_alloc(msg, len + 1);
-
-	if (!copy)
-		return NULL;
-	if (len)
-		memcpy(copy, data, len);
-	copy[len] = '\0';
-	return copy;
+	return text_into(msg_alloc(msg, len + 1), data, len);
 }
 
 /* Whether the payload lives in the message's own block. */
@@ -372,14 +364,15 @@ fail:
 
 int msg_set_payload(iotr_msg *msg, const void *payload, size_t len)
 {
-	void *copy = dup_bytes(payload, payload ? len : 0);
+	size_t n = payload ? len : 0;
+	void *copy = text_into(malloc(n + 1), payload, n);
 
 	if (!copy)
 		return IOTR_ENOMEM;
 	if (!payload_inline(msg))
 		free(msg->payload);
 	msg->payload = copy;
-	msg->payload_len = payload ? len : 0;
+	msg->payload_len = n;
 	if (msg->json)
 		json_decref(msg->json);
 	msg->json = NULL;

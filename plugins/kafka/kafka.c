@@ -514,10 +514,11 @@ static int kafka_out_deliver(void *state, iotr_msg *msg)
 	size_t key_len = 0, len = 0;
 	int64_t time_ms;
 	rd_kafka_headers_t *hdrs = NULL;
-	rd_kafka_topic_t *rkt;
+	rd_kafka_topic_t *rkt, *own_rkt = NULL;
 	rd_kafka_resp_err_t err;
 	uint32_t hash;
 	char reason[512];
+	int rc;
 
 	if (!topic)
 		topic = k->topic;
@@ -546,8 +547,14 @@ static int kafka_out_deliver(void *state, iotr_msg *msg)
 			return IOTR_FAIL;
 		}
 		rkt = kafka_out_topic_keep(k, topic, hash);
-		if (!rkt && k->embedded)
+	}
+	if (!rkt) {
+		/* past the kept topics: a handle for this message only, which
+		 * is what producing by name does inside librdkafka */
+		if (k->embedded)
 			kafka_out_embedded_topic(k, topic);
+		if (!(rkt = own_rkt = rd_kafka_topic_new(k->rk, topic, NULL)))
+			return IOTR_ERETRY;
 	}
 
 	key = h->msg_key(msg, &key_len);
@@ -565,7 +572,7 @@ static int kafka_out_deliver(void *state, iotr_msg *msg)
 		atomic_fetch_add(&k->outstanding, 1);
 		/* The payload is borrowed, not copied: the host keeps msg alive
 		 * until kafka_out_dr_cb() has called delivered() for it. */
-		err = rkt ? rd_kafka_producev(
+		err = rd_kafka_producev(
 			k->rk,
 			RD_KAFKA_V_RKT(rkt),
 			RD_KAFKA_V_KEY(key, key ? key_len : 0),
@@ -573,45 +580,43 @@ static int kafka_out_deliver(void *state, iotr_msg *msg)
 			RD_KAFKA_V_TIMESTAMP(time_ms),
 			RD_KAFKA_V_HEADERS(hdrs),
 			RD_KAFKA_V_OPAQUE(msg),
-			RD_KAFKA_V_END) : rd_kafka_producev(
-			k->rk,
-			RD_KAFKA_V_TOPIC(topic),
-			RD_KAFKA_V_KEY(key, key ? key_len : 0),
-			RD_KAFKA_V_VALUE((void *)(uintptr_t)payload, len),
-			RD_KAFKA_V_TIMESTAMP(time_ms),
-			RD_KAFKA_V_HEADERS(hdrs),
-			RD_KAFKA_V_OPAQUE(msg),
 			RD_KAFKA_V_END);
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-			/* librdkafka owns hdrs now */
+			hdrs = NULL;   /* librdkafka owns them now */
 			kafka_out_count(k->produced, h);
 			kafka_out_serve(k);
-			return IOTR_OK;
+			rc = IOTR_OK;
+			break;
 		}
 		atomic_fetch_sub(&k->outstanding, 1);
-		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+		if (err == RD_KAFKA_RESP_ERR__FATAL) {
+			rc = IOTR_ERETRY;  /* the producer is broken, not the
+			                    * message; kafka_out_error_cb() said so */
 			break;
+		}
+		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+			snprintf(reason, sizeof(reason), "kafka topic %s: "
+			         "produce refused: %s", topic,
+			         rd_kafka_err2str(err));
+			h->msg_set_error(msg, reason);
+			kafka_out_count(k->failed, h);
+			rc = IOTR_FAIL;
+			break;
+		}
 		/* Backpressure: serve delivery reports (which frees room)
 		 * and try again.  Never drop. */
 		kafka_out_count(k->queue_full, h);
 		if (h->stopping(k->inst) == 2) {
-			if (hdrs)
-				rd_kafka_headers_destroy(hdrs);
-			return IOTR_ESHUTDOWN;
+			rc = IOTR_ESHUTDOWN;
+			break;
 		}
 		rd_kafka_poll(k->rk, k->queue_full_retry_ms);
 	}
-
 	if (hdrs)
 		rd_kafka_headers_destroy(hdrs);
-	if (err == RD_KAFKA_RESP_ERR__FATAL)
-		return IOTR_ERETRY;  /* the producer is broken, not the message;
-		                      * kafka_out_error_cb() has said so */
-	snprintf(reason, sizeof(reason), "kafka topic %s: produce refused: %s",
-	         topic, rd_kafka_err2str(err));
-	h->msg_set_error(msg, reason);
-	kafka_out_count(k->failed, h);
-	return IOTR_FAIL;
+	if (own_rkt)
+		rd_kafka_topic_destroy(own_rkt);
+	return rc;
 }
 
 /*

@@ -426,6 +426,12 @@ kafka_bootstrap() {
 	printf '%s\n' "${IOTR_TEST_KAFKA:-}"
 }
 
+# require_kafka: set KAFKA to the run's real broker, or skip the whole test.
+require_kafka() {
+	KAFKA=$(kafka_bootstrap)
+	[ -n "$KAFKA" ] || skip_all "no real Kafka broker (IOTR_TEST_KAFKA unset; scripts/test starts one)"
+}
+
 # kafka_available: can this test start a broker of its own (jars fetched, java)?
 kafka_available() {
 	"$IOTR_KAFKA_SH" fetch >/dev/null 2>&1 && command -v java >/dev/null 2>&1

@@ -118,9 +118,10 @@ check_order() {
 }
 
 # seq_report SENT FILE: FILE holds the payloads read back from Kafka (one
-# per line, from iotrouter-sim).  Prints "sent=N delivered=N missing=N
-# duplicates=N", where delivered counts distinct (device, seq) pairs, and
-# sets MISSING and DUPLICATES.  SENT is what the publisher had acknowledged.
+# per line, from iotrouter-sim).  Sets REPORT to "sent=N delivered=N
+# missing=N duplicates=N", where delivered counts distinct (device, seq)
+# pairs, and MISSING and DUPLICATES to those numbers.  SENT is what the
+# publisher had acknowledged.  (Not in $(...): it sets variables.)
 seq_report() {
 	local sent=$1 file=$2 line
 	line=$(awk -v sent="$sent" '
@@ -139,7 +140,7 @@ seq_report() {
 		printf "sent=%d delivered=%d missing=%d duplicates=%d\n",
 		       sent, distinct, sent - distinct, dups
 	}' "$file")
-	echo "$line"
+	REPORT=$line
 	MISSING=$(sed -E 's/.*missing=(-?[0-9]+).*/\1/' <<<"$line")
 	DUPLICATES=$(sed -E 's/.*duplicates=([0-9]+).*/\1/' <<<"$line")
 }

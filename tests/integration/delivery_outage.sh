@@ -54,8 +54,8 @@ assert_eq 0 $? "the publisher's $count readings were all acknowledged by the bro
 assert_ge 1 "${spilled:-0}" "during the outage intake went on into the write-ahead log (${spilled:-0} spilled)"
 n=$(wait_kafka_count "$KAFKA" kafka-outage "$count" 180)
 kafka_payloads "$KAFKA" kafka-outage >"$TEST_TMPDIR/outage.payloads"
-report=$(seq_report "$count" "$TEST_TMPDIR/outage.payloads")
-seq_report "$count" "$TEST_TMPDIR/outage.payloads" >/dev/null
+seq_report "$count" "$TEST_TMPDIR/outage.payloads"
+report=$REPORT
 echo "# kafka outage ${OUTAGE}s: $report"
 assert_eq 0 "$MISSING" "Kafka down for ${OUTAGE}s: none missing ($report)"
 kcat -C -b "$KAFKA" -t kafka-outage -e -q -f '%k\t%s\n' >"$TEST_TMPDIR/outage.tsv" 2>/dev/null
@@ -75,8 +75,8 @@ wait "$simpid"
 assert_eq 0 $? "the publisher got all $count acknowledged across the broker restart"
 n=$(wait_kafka_count "$KAFKA" mqtt-restart "$count" 60)
 kafka_payloads "$KAFKA" mqtt-restart >"$TEST_TMPDIR/restart.payloads"
-report=$(seq_report "$count" "$TEST_TMPDIR/restart.payloads")
-seq_report "$count" "$TEST_TMPDIR/restart.payloads" >/dev/null
+seq_report "$count" "$TEST_TMPDIR/restart.payloads"
+report=$REPORT
 echo "# mosquitto restart: $report"
 assert_eq 0 "$MISSING" "mosquitto restarted mid-stream: none missing ($report)"
 reconnects=$(router_live_counter sensors.connects)

@@ -53,7 +53,8 @@ routes = ( { match = "sensors/#"; topic = "t"; } );
 CONF
 }
 
-conf=$(tls_conf good test-ca "tls_cert_file = \"$pki/client.crt\"; tls_key_file = \"$pki/client.key\";")
+client_cert="tls_cert_file = \"$pki/client.crt\"; tls_key_file = \"$pki/client.key\";"
+conf=$(tls_conf good test-ca "$client_cert")
 router_start "$conf" || bail_out "the router did not connect over TLS"
 assert_cmd "it connects over TLS with the CA and a client certificate" \
 	grep -q "connected to 127.0.0.1:$TLS_PORT" "$ROUTER_LOG"
@@ -64,26 +65,24 @@ router_stop
 assert_eq 0 "$ROUTER_RC" "and it stops cleanly"
 assert_eq 0 "$(router_counter router.lost)" "none lost"
 
-# A CA that did not sign the broker's certificate: no session, and a reason.
-conf=$(tls_conf wrongca other-ca "tls_cert_file = \"$pki/client.crt\"; tls_key_file = \"$pki/client.key\";")
-"$IOTROUTER" -c "$conf" -P "$IOTR_PLUGIN_DIR" >"$TEST_TMPDIR/wrongca.log" 2>&1 &
-pid=$!
-register_pid "$pid"
-wait_for 20 grep -qi "certificate verify failed" "$TEST_TMPDIR/wrongca.log"
-assert_cmd "a CA that did not sign the broker's certificate is reported as a failed verification" \
-	grep -qi "certificate verify failed" "$TEST_TMPDIR/wrongca.log"
-assert_fails "and the router does not subscribe" grep -q "subscribed to" "$TEST_TMPDIR/wrongca.log"
-stop_pid "$pid" 20
+# refused NAME CONF PATTERN WHAT: a router that must not get a session: its
+# log says PATTERN within 20 s, and it never subscribes.
+refused() {
+	local log=$TEST_TMPDIR/$1.log pid
+	"$IOTROUTER" -c "$2" -P "$IOTR_PLUGIN_DIR" >"$log" 2>&1 &
+	pid=$!
+	register_pid "$pid"
+	wait_for 20 grep -q "$3" "$log"
+	assert_cmd "$4" grep -q "$3" "$log"
+	assert_fails "and the router does not subscribe" grep -q "subscribed to" "$log"
+	stop_pid "$pid" 20
+}
 
-# No client certificate where the listener requires one.
-conf=$(tls_conf nocert test-ca "")
-"$IOTROUTER" -c "$conf" -P "$IOTR_PLUGIN_DIR" >"$TEST_TMPDIR/nocert.log" 2>&1 &
-pid=$!
-register_pid "$pid"
-wait_for 20 grep -q "certificate required" "$TEST_TMPDIR/nocert.log"
-assert_cmd "without the client certificate the listener requires, the router says so" \
-	grep -q "warning: \[plugin:in\] cannot connect.*certificate required" "$TEST_TMPDIR/nocert.log"
-assert_fails "and it does not subscribe" grep -q "subscribed to" "$TEST_TMPDIR/nocert.log"
-stop_pid "$pid" 20
+refused wrongca "$(tls_conf wrongca other-ca "$client_cert")" \
+	"warning: \[plugin:in\] .*certificate verify failed" \
+	"a CA that did not sign the broker's certificate is reported as a failed verification"
+refused nocert "$(tls_conf nocert test-ca "")" \
+	"warning: \[plugin:in\] cannot connect.*certificate required" \
+	"without the client certificate the listener requires, the router says so"
 
 tap_done

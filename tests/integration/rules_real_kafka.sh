@@ -8,8 +8,7 @@
 . "$(dirname "$0")/../harness/router.sh"
 tmpdir_setup
 
-KAFKA=$(kafka_bootstrap)
-[ -n "$KAFKA" ] || skip_all "no real Kafka broker (IOTR_TEST_KAFKA unset; scripts/test starts one)"
+require_kafka
 start_mosquitto || bail_out "mosquitto did not start"
 run=$(unique_name rules)
 
