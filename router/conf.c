@@ -29,6 +29,7 @@
 #define DEFAULT_STATS_INTERVAL_S 60
 #define DEFAULT_RETRY_BACKOFF_MS 500
 #define DEFAULT_WORKER_LINGER_US 500
+#define DEFAULT_MESSAGE_POOL_BYTES (4 << 20)
 #define DEFAULT_WAL_SEGMENT_BYTES (64LL << 20)
 #define DEFAULT_WAL_MAX_BYTES (1LL << 30)
 #define DEFAULT_WAL_SYNC_INTERVAL_MS 100
@@ -580,6 +581,9 @@ static void read_router(struct reader *rd, const config_setting_t *g,
 		} else if (strcmp(key, "worker_linger_us") == 0) {
 			get_int(rd, s, "router.worker_linger_us", 0, 100000,
 			        &cfg->worker_linger_us);
+		} else if (strcmp(key, "message_pool_bytes") == 0) {
+			get_int(rd, s, "router.message_pool_bytes", 0,
+			        1 << 30, &cfg->message_pool_bytes);
 		} else if (strcmp(key, "direct_output") == 0) {
 			get_bool(rd, s, "router.direct_output",
 			         &cfg->direct_output);
@@ -929,6 +933,7 @@ int config_load(const char *path, char *const *extra_dirs, size_t nextra,
 	cfg->default_headers = 1;
 	cfg->direct_output = 1;
 	cfg->worker_linger_us = DEFAULT_WORKER_LINGER_US;
+	cfg->message_pool_bytes = DEFAULT_MESSAGE_POOL_BYTES;
 	cfg->wal_segment_bytes = DEFAULT_WAL_SEGMENT_BYTES;
 	cfg->wal_max_bytes = DEFAULT_WAL_MAX_BYTES;
 	cfg->wal_sync_interval_ms = DEFAULT_WAL_SYNC_INTERVAL_MS;

@@ -36,6 +36,7 @@ struct router_config {
 	int default_headers;
 	int direct_output;          /* routes without transforms skip workers */
 	int64_t worker_linger_us;   /* a worker waits this long for a batch */
+	int64_t message_pool_bytes; /* freed message memory kept per thread */
 	char *dead_letter_topic;    /* NULL: failed messages are logged */
 	struct iotr_instance *dead_letter_output;
 	char *unmatched_topic;      /* NULL: unmatched messages are counted */

@@ -357,6 +357,7 @@ static int run(struct router_config *cfg)
 	int64_t next_stats;
 	int rc = 1, sig;
 
+	msg_pools_set_keep((size_t)cfg->message_pool_bytes);
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);

@@ -54,13 +54,14 @@ static char *text_into(char *copy, const void *data, size_t len)
  * into the pool; one freed elsewhere is pushed onto its pool's return stack
  * (lock-free), which the owning thread takes whole when it runs short.
  * Messages larger than the largest class use malloc() and free() directly.
- * Each pool keeps at most MSG_POOL_KEEP_BYTES; blocks past that are freed.
+ * Each pool keeps at most pool_keep_bytes (router.message_pool_bytes);
+ * blocks past that are freed.
  * Under AddressSanitizer there are no pools, so that it sees every message's
  * life.
  */
 static const size_t pool_class_size[] = { 512, 768, 1024, 2048, 4096 };
 #define MSG_POOL_CLASSES (sizeof(pool_class_size) / sizeof(pool_class_size[0]))
-#define MSG_POOL_KEEP_BYTES (4u << 20)
+#define MSG_POOL_KEEP_BYTES_DEFAULT ((size_t)4 << 20)
 
 #if defined(__SANITIZE_ADDRESS__)
 #define MSG_POOLS 0
@@ -80,6 +81,7 @@ struct msg_pool {
 	struct msg_pool *all_next;          /* pools_all */
 };
 
+static size_t pool_keep_bytes = MSG_POOL_KEEP_BYTES_DEFAULT;
 static _Thread_local struct msg_pool *pool_self;
 static struct msg_pool *pools_all;
 static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -105,7 +107,7 @@ static void pool_keep(struct msg_pool *pool, iotr_msg *block)
 {
 	size_t size = pool_class_size[block->pool_class];
 
-	if (pool->kept_bytes + size > MSG_POOL_KEEP_BYTES) {
+	if (pool->kept_bytes + size > pool_keep_bytes) {
 		free(block);
 		return;
 	}
@@ -148,6 +150,11 @@ static void pool_give_back(iotr_msg *block)
 			&pool->returned, &block->next, block,
 			memory_order_release, memory_order_relaxed))
 		;
+}
+
+void msg_pools_set_keep(size_t bytes)
+{
+	pool_keep_bytes = bytes;
 }
 
 void msg_pools_free(void)

@@ -77,6 +77,9 @@ iotr_msg *msg_clone(const iotr_msg *msg);
  * followed by the strings; one free() releases it. */
 char **captures_copy(char *const *src, size_t n);
 void msg_free(iotr_msg *msg);
+/* How many bytes of freed messages each thread's pool keeps for reuse
+ * (router.message_pool_bytes); 0 keeps none.  Set before messages flow. */
+void msg_pools_set_keep(size_t bytes);
 /* Free the blocks the message pools keep for reuse; at exit, after every
  * thread that makes or frees messages has stopped. */
 void msg_pools_free(void);

@@ -11,6 +11,7 @@ start_mosquitto || bail_out "mosquitto did not start"
 conf=$(router_config file <<'CONF'
 router = {
 	workers = 3;
+	message_pool_bytes = 0;   # every message freed at once (other tests: pooled)
 	max_message_bytes = 2000;
 	dead_letter_topic = "dead";
 	unmatched_topic = "unmatched";

@@ -244,6 +244,7 @@ START_TEST(router_defaults)
 	ck_assert_int_eq(cfg.max_message_bytes, 1048576);
 	ck_assert_int_eq(cfg.stats_interval_s, 60);
 	ck_assert_int_eq(cfg.retry_backoff_ms, 500);
+	ck_assert_int_eq(cfg.message_pool_bytes, 4 << 20);
 	ck_assert_int_eq(cfg.default_headers, 1);
 	ck_assert_int_eq(cfg.routes[0].default_headers, 1);
 	ck_assert_ptr_null(cfg.dead_letter_topic);
@@ -264,6 +265,7 @@ START_TEST(router_settings)
 	        "  max_message_bytes = 4096;\n"
 	        "  stats_interval = 0;\n"
 	        "  retry_backoff_ms = 100;\n"
+	        "  message_pool_bytes = 0;\n"
 	        "  default_headers = false;\n"
 	        "  dead_letter_topic = \"dlq\";\n"
 	        "  unmatched_topic = \"unmatched\";\n"
@@ -279,6 +281,7 @@ START_TEST(router_settings)
 	ck_assert_int_eq(cfg.max_message_bytes, 4096);
 	ck_assert_int_eq(cfg.stats_interval_s, 0);
 	ck_assert_int_eq(cfg.retry_backoff_ms, 100);
+	ck_assert_int_eq(cfg.message_pool_bytes, 0);
 	ck_assert_int_eq(cfg.default_headers, 0);
 	/* router.default_headers is each route's default... */
 	ck_assert_int_eq(cfg.routes[0].default_headers, 0);
@@ -412,13 +415,16 @@ START_TEST(router_bad_values)
 	           "  workers = 0;\n"
 	           "  queue_size = 200000000;\n"
 	           "  log_level = \"loud\";\n"
-	           "};\n" INPUT OUTPUT ROUTE, 3);
+	           "  message_pool_bytes = -1;\n"
+	           "};\n" INPUT OUTPUT ROUTE, 4);
 	expect_error(2, "router.workers is 0; it must be between 1 and 256",
 	             NULL);
 	expect_error(3, "router.queue_size is 200000000; it must be between "
 	             "1 and 100000000", NULL);
 	expect_error(4, "router.log_level 'loud' is not a level",
 	             "error, warning, notice, info or debug", NULL);
+	expect_error(5, "router.message_pool_bytes is -1; it must be between "
+	             "0 and 1073741824", NULL);
 }
 END_TEST
 
