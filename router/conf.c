@@ -380,6 +380,7 @@ static void read_instance(struct reader *rd, const config_setting_t *g,
 	struct iotr_instance *inst, **all;
 	const config_setting_t *s;
 	struct plugin_so *so;
+	const struct iotr_plugin *desc;
 	char err[2048];
 	long long tick = 0;
 
@@ -408,13 +409,9 @@ static void read_instance(struct reader *rd, const config_setting_t *g,
 		    plugin_kind_name(kind), name, err);
 		return;
 	}
-	if (so->desc->kind != kind) {
-		ERR(rd, config_setting_get_member(g, "plugin"), "%s '%s': "
-		    "plugin '%s' is %s %s plugin; list it under %ss",
-		    plugin_kind_name(kind), name, plugin,
-		    so->desc->kind == IOTR_PLUGIN_TRANSFORM ? "a" : "an",
-		    plugin_kind_name(so->desc->kind),
-		    plugin_kind_name(so->desc->kind));
+	if (!(desc = loader_kind(so, kind, err, sizeof(err)))) {
+		ERR(rd, config_setting_get_member(g, "plugin"), "%s '%s': %s",
+		    plugin_kind_name(kind), name, err);
 		return;
 	}
 	if ((s = config_setting_get_member(g, "tick_ms"))) {
@@ -440,7 +437,7 @@ static void read_instance(struct reader *rd, const config_setting_t *g,
 	inst->file = cfg->file;
 	inst->line = line_of(g);
 	inst->kind = kind;
-	inst->plugin = so->desc;
+	inst->plugin = desc;
 	inst->path = so->path;
 	inst->tick_ms = tick;
 	read_params(rd, g, inst);

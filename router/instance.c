@@ -129,6 +129,63 @@ int loader_check(const struct iotr_plugin *d, const char *path, char *err,
 	return 0;
 }
 
+/* The descriptors of iotr_plugin_entries(), if the plugin exports it. */
+static int loader_more_kinds(struct plugin_so *so, char *err, size_t errlen)
+{
+	iotr_plugin_entries_fn entries;
+	const struct iotr_plugin *const *all;
+
+	*(void **)&entries = dlsym(so->handle, IOTR_PLUGIN_ENTRIES_SYMBOL);
+	if (!entries || !(all = entries()))
+		return 0;
+	for (; *all; all++) {
+		const struct iotr_plugin *d = *all;
+
+		if (loader_check(d, so->path, err, errlen))
+			return -1;
+		if (strcmp(d->name, so->desc->name) != 0) {
+			snprintf(err, errlen, "plugin %s: %s() lists '%s', but "
+			         "the plugin is named '%s'", so->path,
+			         IOTR_PLUGIN_ENTRIES_SYMBOL, d->name,
+			         so->desc->name);
+			return -1;
+		}
+		if (so->kinds[d->kind] && so->kinds[d->kind] != d) {
+			snprintf(err, errlen, "plugin '%s' (%s): %s() lists "
+			         "two %s plugins", d->name, so->path,
+			         IOTR_PLUGIN_ENTRIES_SYMBOL,
+			         plugin_kind_name(d->kind));
+			return -1;
+		}
+		so->kinds[d->kind] = d;
+	}
+	return 0;
+}
+
+const struct iotr_plugin *loader_kind(const struct plugin_so *so, int kind,
+                                      char *err, size_t errlen)
+{
+	char is[64] = "", under[64] = "";
+	int k, n = 0;
+
+	if (kind >= IOTR_PLUGIN_INPUT && kind <= IOTR_PLUGIN_OUTPUT &&
+	    so->kinds[kind])
+		return so->kinds[kind];
+	for (k = IOTR_PLUGIN_INPUT; k <= IOTR_PLUGIN_OUTPUT; k++) {
+		if (!so->kinds[k])
+			continue;
+		snprintf(is + strlen(is), sizeof(is) - strlen(is), "%s%s",
+		         n ? " and " : "", plugin_kind_name(k));
+		snprintf(under + strlen(under), sizeof(under) - strlen(under),
+		         "%s%ss", n ? " or " : "", plugin_kind_name(k));
+		n++;
+	}
+	snprintf(err, errlen, "plugin '%s' is %s %s plugin; list it under %s",
+	         so->desc->name, *is == 'i' || *is == 'o' ? "an" : "a", is,
+	         under);
+	return NULL;
+}
+
 static struct plugin_so *loader_open(struct loader *l, const char *path,
                                      char *err, size_t errlen)
 {
@@ -171,6 +228,13 @@ static struct plugin_so *loader_open(struct loader *l, const char *path,
 	}
 	so->handle = handle;
 	so->desc = d;
+	so->kinds[d->kind] = d;
+	if (loader_more_kinds(so, err, errlen)) {
+		free(so->path);
+		free(so);
+		dlclose(handle);
+		return NULL;
+	}
 	so->next = l->loaded;
 	l->loaded = so;
 	return so;

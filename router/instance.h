@@ -18,7 +18,9 @@ struct pipeline;
 struct plugin_so {
 	char *path;
 	void *handle;
-	const struct iotr_plugin *desc;
+	const struct iotr_plugin *desc;     /* from iotr_plugin_entry() */
+	/* by enum iotr_plugin_kind: desc, and those of iotr_plugin_entries() */
+	const struct iotr_plugin *kinds[IOTR_PLUGIN_OUTPUT + 1];
 	struct plugin_so *next;
 };
 
@@ -64,6 +66,12 @@ int loader_add_dir(struct loader *l, const char *dir);
  */
 struct plugin_so *loader_load(struct loader *l, const char *name, char *err,
                               size_t errlen);
+/*
+ * The plugin of `so` of this kind, or NULL with a message in err that says
+ * what the plugin is and where it belongs in the config.
+ */
+const struct iotr_plugin *loader_kind(const struct plugin_so *so, int kind,
+                                      char *err, size_t errlen);
 /* Check a descriptor; 0 if usable, else -1 with a message in err. */
 int loader_check(const struct iotr_plugin *d, const char *path, char *err,
                  size_t errlen);

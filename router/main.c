@@ -156,7 +156,7 @@ static int list_plugins(const struct options *o)
 	struct loader l = { 0 };
 	char err[2048], path[4096];
 	size_t i;
-	int found = 0;
+	int k, found = 0;
 
 	loader_from_options(&l, o);
 	for (i = 0; i < l.ndirs; i++) {
@@ -178,11 +178,17 @@ static int list_plugins(const struct options *o)
 				       err);
 				continue;
 			}
-			printf("%-14s %-10s %-8s %s\n", so->desc->name,
-			       plugin_kind_name(so->desc->kind),
-			       so->desc->version ? so->desc->version : "-",
-			       so->desc->description ?
-			       so->desc->description : "");
+			for (k = IOTR_PLUGIN_INPUT; k <= IOTR_PLUGIN_OUTPUT;
+			     k++) {
+				const struct iotr_plugin *d = so->kinds[k];
+
+				if (!d)
+					continue;
+				printf("%-14s %-10s %-8s %s\n", d->name,
+				       plugin_kind_name(d->kind),
+				       d->version ? d->version : "-",
+				       d->description ? d->description : "");
+			}
 			found++;
 		}
 		closedir(dir);
@@ -194,25 +200,17 @@ static int list_plugins(const struct options *o)
 	return found ? 0 : 1;
 }
 
-static int help_plugin(const struct options *o)
+/* One kind of a plugin: what it is and its parameters. */
+static void help_plugin_kind(const struct plugin_so *so,
+                             const struct iotr_plugin *d)
 {
-	struct loader l = { 0 };
-	struct plugin_so *so;
 	const struct iotr_param *p;
-	char err[2048];
 
-	loader_from_options(&l, o);
-	if (!(so = loader_load(&l, o->help_plugin, err, sizeof(err)))) {
-		fprintf(stderr, "iotrouter: %s\n", err);
-		loader_free(&l);
-		return 1;
-	}
-	printf("%s (%s plugin, version %s): %s\n", so->desc->name,
-	       plugin_kind_name(so->desc->kind),
-	       so->desc->version ? so->desc->version : "-",
-	       so->desc->description ? so->desc->description : "");
+	printf("%s (%s plugin, version %s): %s\n", d->name,
+	       plugin_kind_name(d->kind), d->version ? d->version : "-",
+	       d->description ? d->description : "");
 	printf("file: %s\n\nparameters:\n", so->path);
-	for (p = so->desc->params; p && p->key; p++) {
+	for (p = d->params; p && p->key; p++) {
 		printf("  %-22s %s, ", p->key, param_type_name(p->type));
 		if (p->required)
 			printf("required");
@@ -224,6 +222,28 @@ static int help_plugin(const struct options *o)
 			printf(", %lld..%lld", (long long)p->min,
 			       (long long)p->max);
 		printf("\n      %s\n", p->doc ? p->doc : "");
+	}
+}
+
+static int help_plugin(const struct options *o)
+{
+	struct loader l = { 0 };
+	struct plugin_so *so;
+	char err[2048];
+	int k, shown = 0;
+
+	loader_from_options(&l, o);
+	if (!(so = loader_load(&l, o->help_plugin, err, sizeof(err)))) {
+		fprintf(stderr, "iotrouter: %s\n", err);
+		loader_free(&l);
+		return 1;
+	}
+	for (k = IOTR_PLUGIN_INPUT; k <= IOTR_PLUGIN_OUTPUT; k++) {
+		if (!so->kinds[k])
+			continue;
+		if (shown++)
+			printf("\n");
+		help_plugin_kind(so, so->kinds[k]);
 	}
 	loader_free(&l);
 	return 0;

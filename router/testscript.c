@@ -564,6 +564,7 @@ static int ts_run(struct ts *ts)
 static int ts_load_plain(struct ts *ts)
 {
 	struct plugin_so *so;
+	const struct iotr_plugin *desc;
 	struct iotr_instance *inst;
 	char err[2048];
 	size_t i, n = 0;
@@ -575,12 +576,13 @@ static int ts_load_plain(struct ts *ts)
 		fprintf(stderr, "iotrouter test-script: %s\n", err);
 		return -1;
 	}
-	if (so->desc->kind != IOTR_PLUGIN_TRANSFORM) {
-		fprintf(stderr, "iotrouter test-script: %s is not a transform "
-		        "plugin\n", so->path);
+	if (!(desc = loader_kind(so, IOTR_PLUGIN_TRANSFORM, err,
+	                         sizeof(err)))) {
+		fprintf(stderr, "iotrouter test-script: %s: %s\n", so->path,
+		        err);
 		return -1;
 	}
-	while (so->desc->params && so->desc->params[n].key)
+	while (desc->params && desc->params[n].key)
 		n++;
 	if (!(inst = calloc(1, sizeof(*inst))) ||
 	    !(inst->name = strdup("rule")) ||
@@ -591,13 +593,13 @@ static int ts_load_plain(struct ts *ts)
 	}
 	inst->file = "test-script";
 	inst->kind = IOTR_PLUGIN_TRANSFORM;
-	inst->plugin = so->desc;
+	inst->plugin = desc;
 	inst->path = so->path;
 	inst->nparams = n;
 	ts->inst = inst;
 	ts->own_inst = 1;
 	for (i = 0; i < n; i++)
-		if (param_value_default(&inst->params[i], &so->desc->params[i])) {
+		if (param_value_default(&inst->params[i], &desc->params[i])) {
 			fprintf(stderr, "iotrouter test-script: out of memory\n");
 			return -1;
 		}

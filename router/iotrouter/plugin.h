@@ -8,11 +8,21 @@
  * needs nothing from the daemon at link time, because everything it may call
  * is handed to it in a table of host functions (struct iotr_host).
  *
- * A plugin exports exactly one symbol:
+ * A plugin exports one symbol:
  *
  *     IOTR_PLUGIN_EXPORT const struct iotr_plugin *iotr_plugin_entry(void);
  *
- * returning a descriptor that lives as long as the .so is loaded.  The loader
+ * returning a descriptor that lives as long as the .so is loaded.  A .so that
+ * is a plugin of several kinds under one name (the kafka plugin is an output
+ * and an input) also exports
+ *
+ *     IOTR_PLUGIN_EXPORT const struct iotr_plugin *const *
+ *     iotr_plugin_entries(void);
+ *
+ * returning a NULL-terminated array of descriptors, one per kind, all with
+ * iotr_plugin_entry()'s name; the config's section (inputs, transforms,
+ * outputs) picks one.  A router that predates this symbol sees only
+ * iotr_plugin_entry()'s descriptor.  The loader
  * accepts a plugin whose abi_major equals IOTR_ABI_MAJOR and whose abi_minor
  * is at most the router's, and refuses any other with a message naming the
  * file and both versions.
@@ -50,8 +60,10 @@ extern "C" {
 #define IOTR_ABI_MAJOR 1
 #define IOTR_ABI_MINOR 0
 
-/* Name of the one symbol a plugin exports; the loader looks it up with dlsym. */
+/* Name of the symbol every plugin exports; the loader looks it up with dlsym. */
 #define IOTR_PLUGIN_ENTRY_SYMBOL "iotr_plugin_entry"
+/* Name of the optional symbol of a plugin of several kinds (see above). */
+#define IOTR_PLUGIN_ENTRIES_SYMBOL "iotr_plugin_entries"
 
 #if defined(__GNUC__)
 #define IOTR_PLUGIN_EXPORT __attribute__((visibility("default")))
@@ -375,6 +387,7 @@ struct iotr_plugin {
 
 /* The entry point every plugin defines. */
 typedef const struct iotr_plugin *(*iotr_plugin_entry_fn)(void);
+typedef const struct iotr_plugin *const *(*iotr_plugin_entries_fn)(void);
 
 #ifdef __cplusplus
 }

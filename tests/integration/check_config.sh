@@ -94,13 +94,15 @@ assert_match "abi.conf:8: output 'half': plugin 'no_deliver' \(.*\): an output p
 
 cat >"$TEST_TMPDIR/kind.conf" <<'CONF'
 inputs = ( { name = "in"; plugin = "mqtt"; client_id = "x"; topics = ["a/#"]; } );
-outputs = ( { name = "out"; plugin = "mqtt"; client_id = "y"; topics = ["b"]; } );
-routes = ( { match = "a/#"; topic = "t"; } );
+outputs = ( { name = "out"; plugin = "dedupe"; } );
+transforms = ( { name = "both"; plugin = "kafka"; } );
 bogus = 1;
 CONF
 out=$(check "$TEST_TMPDIR/kind.conf")
-assert_match "kind.conf:2: output 'out': plugin 'mqtt' is an input plugin; list it under inputs" \
+assert_match "kind.conf:2: output 'out': plugin 'dedupe' is a transform plugin; list it under transforms" \
 	"$out" "a plugin of the wrong kind is named"
+assert_match "kind.conf:3: transform 'both': plugin 'kafka' is an (input and )?output plugin; list it under (inputs or )?outputs" \
+	"$out" "a plugin of two kinds names both"
 assert_match "kind.conf:4: unknown section 'bogus'" "$out" "an unknown section is named"
 
 tap_done
