@@ -16,7 +16,7 @@
 #include "template.h"
 
 enum seg_kind { SEG_TEXT, SEG_CAPTURE, SEG_TOPIC, SEG_LEVEL, SEG_JSON,
-                SEG_HEADER, SEG_QOS };
+                SEG_HEADER, SEG_QOS, SEG_KEY };
 
 struct segment {
 	enum seg_kind kind;
@@ -142,6 +142,12 @@ static int parse_ref(struct template *t, const char *ref, size_t len,
 	}
 	s->kind = SEG_CAPTURE;
 	s->index = filter ? filter_capture_index(filter, name) : -1;
+	/* The message's key, unless the filter names a capture "key" (which
+	 * keeps the meaning it had before ${key} existed). */
+	if (s->index < 0 && strcmp(name, "key") == 0) {
+		s->kind = SEG_KEY;
+		return 0;
+	}
 	if (s->index < 0) {
 		if (filter && filter->ncaptures) {
 			char names[512] = "";
@@ -400,6 +406,16 @@ int template_render_to(const struct template *t, iotr_msg *msg,
 				break;
 			}
 			rc = msg_buf_add(&b, hval, hlen) ? IOTR_ENOMEM : 0;
+			break;
+		case SEG_KEY:
+			if (!msg->key) {
+				snprintf(err, errlen, "${key}: message has no "
+				         "key");
+				rc = IOTR_FAIL;
+				break;
+			}
+			rc = msg_buf_add(&b, msg->key, msg->key_len) ?
+				IOTR_ENOMEM : 0;
 			break;
 		case SEG_QOS:
 			snprintf(num, sizeof(num), "%d", msg->qos);

@@ -33,6 +33,7 @@
 #include <librdkafka/rdkafka_mock.h>
 
 #include "iotrouter/plugin.h"
+#include "kafkaconf.h"
 
 /* Embedded cluster: how many topic names deliver() remembers as created.
  * Past this, each message to a topic not remembered asks the mock cluster
@@ -70,8 +71,7 @@ struct kafka_out_topic {
 };
 
 struct kafka_out {
-	iotr_instance *inst;
-	const struct iotr_host *host;
+	struct kafka_base b;         /* first: librdkafka's opaque */
 
 	/* configuration, read in create() */
 	char *topic;                 /* default topic, or NULL */
@@ -184,38 +184,13 @@ static void kafka_out_count(iotr_counter *counter, const struct iotr_host *h)
 		h->counter_add(counter, 1);
 }
 
-/* librdkafka levels are syslog(3)'s, as are the host's. */
-static int kafka_out_log_level(int level)
-{
-	if (level <= IOTR_LOG_ERROR)
-		return IOTR_LOG_ERROR;
-	if (level > IOTR_LOG_DEBUG)
-		return IOTR_LOG_DEBUG;
-	return level;
-}
-
-static void kafka_out_log_cb(const rd_kafka_t *rk, int level, const char *fac,
-                             const char *buf)
-{
-	struct kafka_out *k = rd_kafka_opaque(rk);
-
-	if (!k)
-		return;
-	/* A broker connection failure is logged as FAIL and also raised to
-	 * kafka_out_error_cb(), which logs it once, as a warning. */
-	if (strcmp(fac, "FAIL") == 0 && level <= IOTR_LOG_WARNING)
-		level = IOTR_LOG_DEBUG;
-	k->host->log(k->inst, kafka_out_log_level(level),
-	             "librdkafka %s: %s", fac, buf);
-}
-
 static void kafka_out_mock_log_cb(const rd_kafka_t *rk, int level,
                                   const char *fac, const char *buf)
 {
 	struct kafka_out *k = rd_kafka_opaque(rk);
 
 	if (k)
-		k->host->log(k->inst, kafka_out_log_level(level),
+		k->b.host->log(k->b.inst, kafka_log_level(level),
 		             "embedded cluster %s: %s", fac, buf);
 }
 
@@ -227,12 +202,12 @@ static void kafka_out_error_cb(rd_kafka_t *rk, int err, const char *reason,
 	rd_kafka_resp_err_t ferr;
 
 	if (err != RD_KAFKA_RESP_ERR__FATAL) {
-		k->host->log(k->inst, IOTR_LOG_WARNING, "Kafka error %s: %s",
+		k->b.host->log(k->b.inst, IOTR_LOG_WARNING, "Kafka error %s: %s",
 		             rd_kafka_err2name(err), reason);
 		return;
 	}
 	ferr = rd_kafka_fatal_error(rk, fatal, sizeof(fatal));
-	k->host->log(k->inst, IOTR_LOG_ERROR,
+	k->b.host->log(k->b.inst, IOTR_LOG_ERROR,
 	             "fatal Kafka producer error %s: %s; the producer cannot "
 	             "send any more messages, which are reported for retry: "
 	             "check the brokers (%s) and restart the router",
@@ -288,14 +263,14 @@ static void kafka_out_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
                             void *opaque)
 {
 	struct kafka_out *k = opaque;
-	const struct iotr_host *h = k->host;
+	const struct iotr_host *h = k->b.host;
 	iotr_msg *msg = m->_private;
 	char reason[512];
 	int status;
 
 	(void)rk;
 	if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-		h->delivered(k->inst, msg, IOTR_OK, NULL);
+		h->delivered(k->b.inst, msg, IOTR_OK, NULL);
 		kafka_out_count(k->delivered, h);
 	} else {
 		status = kafka_out_dr_status(m->err, rd_kafka_message_status(m));
@@ -309,7 +284,7 @@ static void kafka_out_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
 			         "kafka topic %s (no partition assigned): %s",
 			         rd_kafka_topic_name(m->rkt),
 			         rd_kafka_err2str(m->err));
-		h->delivered(k->inst, msg, status, reason);
+		h->delivered(k->b.inst, msg, status, reason);
 		kafka_out_count(k->failed, h);
 		if (status == IOTR_ERETRY)
 			atomic_fetch_add(&k->retried, 1);
@@ -360,7 +335,7 @@ static void kafka_out_embedded_topic(struct kafka_out *k, const char *topic)
 	err = rd_kafka_mock_topic_create(k->mcluster, topic,
 	                                 k->embedded_partitions, rf);
 	if (err && err != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
-		k->host->log(k->inst, IOTR_LOG_WARNING,
+		k->b.host->log(k->b.inst, IOTR_LOG_WARNING,
 		             "embedded cluster: creating topic %s with %d "
 		             "partitions failed: %s; it is auto-created instead",
 		             topic, k->embedded_partitions,
@@ -430,7 +405,7 @@ static rd_kafka_topic_t *kafka_out_topic_keep(struct kafka_out *k,
 	if (!(t->rkt = rd_kafka_topic_new(k->rk, topic, NULL))) {
 		/* produce by name instead; said once, not per message */
 		if (!atomic_exchange(&k->topic_new_failed, 1))
-			k->host->log(k->inst, IOTR_LOG_WARNING, "kafka topic "
+			k->b.host->log(k->b.inst, IOTR_LOG_WARNING, "kafka topic "
 			             "%s: no topic handle (%s); messages to "
 			             "topics without one are produced by name",
 			             topic,
@@ -472,7 +447,7 @@ static void kafka_out_topics_free(struct kafka_out *k)
 static rd_kafka_headers_t *kafka_out_headers(struct kafka_out *k,
                                              const iotr_msg *msg)
 {
-	const struct iotr_host *h = k->host;
+	const struct iotr_host *h = k->b.host;
 	size_t i, n = h->msg_header_count(msg);
 	rd_kafka_headers_t *hdrs;
 
@@ -507,7 +482,7 @@ static void kafka_out_serve(struct kafka_out *k)
 static int kafka_out_deliver(void *state, iotr_msg *msg)
 {
 	struct kafka_out *k = state;
-	const struct iotr_host *h = k->host;
+	const struct iotr_host *h = k->b.host;
 	const char *topic = h->msg_dest(msg);
 	const char *key;
 	const void *payload;
@@ -530,7 +505,7 @@ static int kafka_out_deliver(void *state, iotr_msg *msg)
 	}
 	if (!k->rk) {
 		/* deliver() before a successful start(): a host bug */
-		h->log(k->inst, IOTR_LOG_ERROR, "deliver() called before the "
+		h->log(k->b.inst, IOTR_LOG_ERROR, "deliver() called before the "
 		       "Kafka producer was started");
 		return IOTR_ERETRY;
 	}
@@ -606,7 +581,7 @@ static int kafka_out_deliver(void *state, iotr_msg *msg)
 		/* Backpressure: serve delivery reports (which frees room)
 		 * and try again.  Never drop. */
 		kafka_out_count(k->queue_full, h);
-		if (h->stopping(k->inst) == 2) {
+		if (h->stopping(k->b.inst) == 2) {
 			rc = IOTR_ESHUTDOWN;
 			break;
 		}
@@ -638,7 +613,7 @@ static long long kafka_out_purge(struct kafka_out *k)
 		rd_kafka_poll(k->rk, 10);
 	}
 	if (atomic_load(&k->outstanding) > 0)
-		k->host->log(k->inst, IOTR_LOG_ERROR,
+		k->b.host->log(k->b.inst, IOTR_LOG_ERROR,
 		             "%lld messages still have no delivery report %d ms "
 		             "after purging them; they are lost to this run",
 		             (long long)atomic_load(&k->outstanding),
@@ -667,7 +642,7 @@ static int kafka_out_flush(void *state, int64_t deadline_ms)
 		return IOTR_OK;
 
 	n = kafka_out_purge(k);
-	k->host->log(k->inst, IOTR_LOG_WARNING,
+	k->b.host->log(k->b.inst, IOTR_LOG_WARNING,
 	             "%lld messages were not delivered to Kafka (%s) by the "
 	             "flush deadline; they were purged and reported for retry",
 	             n, k->embedded ? "embedded cluster" : k->brokers);
@@ -697,52 +672,6 @@ static void *kafka_out_poll_main(void *arg)
 	return NULL;
 }
 
-static int kafka_out_conf_set(struct kafka_out *k, const char *name,
-                              const char *value, const char *origin)
-{
-	char errstr[512];
-
-	if (rd_kafka_conf_set(k->conf, name, value, errstr, sizeof(errstr)) ==
-	    RD_KAFKA_CONF_OK)
-		return IOTR_OK;
-	k->host->log(k->inst, IOTR_LOG_ERROR,
-	             "%s: librdkafka refused %s=%s: %s; see librdkafka's "
-	             "CONFIGURATION.md for the property's name and values",
-	             origin, name, value, errstr);
-	return IOTR_EINVAL;
-}
-
-/* `properties`, after the defaults. */
-static int kafka_out_conf_properties(struct kafka_out *k)
-{
-	const struct iotr_host *h = k->host;
-	size_t i, n = h->param_count(k->inst, "properties");
-
-	for (i = 0; i < n; i++) {
-		const char *entry = h->param_string_at(k->inst, "properties", i);
-		const char *eq = entry ? strchr(entry, '=') : NULL;
-		char origin[64];
-		char *name;
-		int rc;
-
-		if (!eq || eq == entry) {
-			h->log(k->inst, IOTR_LOG_ERROR,
-			       "properties[%zu] \"%s\" is not of the form "
-			       "\"name=value\"", i, entry ? entry : "");
-			return IOTR_EINVAL;
-		}
-		name = strndup(entry, (size_t)(eq - entry));
-		if (!name)
-			return IOTR_ENOMEM;
-		snprintf(origin, sizeof(origin), "properties[%zu]", i);
-		rc = kafka_out_conf_set(k, name, eq + 1, origin);
-		free(name);
-		if (rc != IOTR_OK)
-			return rc;
-	}
-	return IOTR_OK;
-}
-
 static int kafka_out_conf_get(struct kafka_out *k, const char *name,
                               char *buf, size_t size)
 {
@@ -759,31 +688,31 @@ static int kafka_out_conf_get(struct kafka_out *k, const char *name,
  * overrides weaken it. */
 static int kafka_out_conf_check(struct kafka_out *k)
 {
-	const struct iotr_host *h = k->host;
+	const struct iotr_host *h = k->b.host;
 	char v[256];
 
 	if (kafka_out_conf_get(k, "delivery.report.only.error", v,
 	                       sizeof(v)) == 0 && strcmp(v, "true") == 0) {
-		h->log(k->inst, IOTR_LOG_ERROR, "properties: "
+		h->log(k->b.inst, IOTR_LOG_ERROR, "properties: "
 		       "delivery.report.only.error=true hides the "
 		       "acknowledgements the router waits for; remove it");
 		return IOTR_EINVAL;
 	}
 	if (kafka_out_conf_get(k, "transactional.id", v, sizeof(v)) == 0 &&
 	    v[0]) {
-		h->log(k->inst, IOTR_LOG_ERROR, "properties: transactional.id "
+		h->log(k->b.inst, IOTR_LOG_ERROR, "properties: transactional.id "
 		       "is not supported by the kafka output (it produces "
 		       "idempotently, without transactions); remove it");
 		return IOTR_EINVAL;
 	}
 	if (kafka_out_conf_get(k, "acks", v, sizeof(v)) == 0 &&
 	    strcmp(v, "-1") != 0 && strcmp(v, "all") != 0)
-		h->log(k->inst, IOTR_LOG_WARNING, "properties: acks=%s: a "
+		h->log(k->b.inst, IOTR_LOG_WARNING, "properties: acks=%s: a "
 		       "message acknowledged by fewer than all in-sync "
 		       "replicas can be lost when a broker fails", v);
 	if (kafka_out_conf_get(k, "enable.idempotence", v, sizeof(v)) == 0 &&
 	    strcmp(v, "false") == 0)
-		h->log(k->inst, IOTR_LOG_WARNING, "properties: "
+		h->log(k->b.inst, IOTR_LOG_WARNING, "properties: "
 		       "enable.idempotence=false: retries may duplicate "
 		       "messages and reorder them within a key");
 	return IOTR_OK;
@@ -800,22 +729,22 @@ static int kafka_out_build_conf(struct kafka_out *k)
 		return IOTR_ENOMEM;
 	for (i = 0; i < sizeof(kafka_out_defaults) / sizeof(*kafka_out_defaults);
 	     i++) {
-		rc = kafka_out_conf_set(k, kafka_out_defaults[i][0],
+		rc = kafka_conf_set(&k->b, k->conf, kafka_out_defaults[i][0],
 		                        kafka_out_defaults[i][1],
 		                        "default");
 		if (rc != IOTR_OK)
 			return rc;
 	}
 	snprintf(client_id, sizeof(client_id), "iotrouter.%s",
-	         k->host->instance_name(k->inst));
-	if ((rc = kafka_out_conf_set(k, "client.id", client_id,
+	         k->b.host->instance_name(k->b.inst));
+	if ((rc = kafka_conf_set(&k->b, k->conf, "client.id", client_id,
 	                             "default")) != IOTR_OK)
 		return rc;
 	if (!k->embedded &&
-	    (rc = kafka_out_conf_set(k, "bootstrap.servers", k->brokers,
+	    (rc = kafka_conf_set(&k->b, k->conf, "bootstrap.servers", k->brokers,
 	                             "brokers")) != IOTR_OK)
 		return rc;
-	if ((rc = kafka_out_conf_properties(k)) != IOTR_OK)
+	if ((rc = kafka_conf_properties(&k->b, k->conf)) != IOTR_OK)
 		return rc;
 	if ((rc = kafka_out_conf_check(k)) != IOTR_OK)
 		return rc;
@@ -823,14 +752,14 @@ static int kafka_out_build_conf(struct kafka_out *k)
 	rd_kafka_conf_set_opaque(k->conf, k);
 	rd_kafka_conf_set_dr_msg_cb(k->conf, kafka_out_dr_cb);
 	rd_kafka_conf_set_error_cb(k->conf, kafka_out_error_cb);
-	rd_kafka_conf_set_log_cb(k->conf, kafka_out_log_cb);
+	rd_kafka_conf_set_log_cb(k->conf, kafka_log_cb);
 	return IOTR_OK;
 }
 
 static char *kafka_out_strdup_param(struct kafka_out *k, const char *key,
                                     int *rc)
 {
-	const char *v = k->host->param_string(k->inst, key);
+	const char *v = k->b.host->param_string(k->b.inst, key);
 	char *copy;
 
 	if (!v)
@@ -855,8 +784,8 @@ static int kafka_out_create(iotr_instance *inst, const struct iotr_host *host,
 		          "kafka output");
 		return IOTR_ENOMEM;
 	}
-	k->inst = inst;
-	k->host = host;
+	k->b.inst = inst;
+	k->b.host = host;
 	pthread_rwlock_init(&k->topics_lock, NULL);
 	pthread_mutex_init(&k->topic_cache_lock, NULL);
 	atomic_init(&k->outstanding, 0);
@@ -952,7 +881,7 @@ static int kafka_out_write_bootstrap(struct kafka_out *k, const char *addr)
 	if (ok && rename(tmp, k->bootstrap_file) != 0)
 		ok = 0;
 	if (!ok) {
-		k->host->log(k->inst, IOTR_LOG_ERROR, "cannot write the "
+		k->b.host->log(k->b.inst, IOTR_LOG_ERROR, "cannot write the "
 		             "embedded cluster's address to "
 		             "embedded_bootstrap_file %s: %s; check the "
 		             "directory exists and is writable",
@@ -982,22 +911,22 @@ static int kafka_out_start_embedded(struct kafka_out *k)
 	                          sizeof(errstr));
 	if (!k->mock_rk) {
 		rd_kafka_conf_destroy(mconf);
-		k->host->log(k->inst, IOTR_LOG_ERROR, "cannot start the "
+		k->b.host->log(k->b.inst, IOTR_LOG_ERROR, "cannot start the "
 		             "embedded Kafka cluster: %s", errstr);
 		return IOTR_FAIL;
 	}
 	k->mcluster = rd_kafka_mock_cluster_new(k->mock_rk,
 	                                        k->embedded_brokers);
 	if (!k->mcluster) {
-		k->host->log(k->inst, IOTR_LOG_ERROR, "cannot start the "
+		k->b.host->log(k->b.inst, IOTR_LOG_ERROR, "cannot start the "
 		             "embedded Kafka cluster of %d brokers (see the "
 		             "librdkafka messages above)", k->embedded_brokers);
 		return IOTR_FAIL;
 	}
 	addr = rd_kafka_mock_cluster_bootstraps(k->mcluster);
-	k->host->log(k->inst, IOTR_LOG_NOTICE,
+	k->b.host->log(k->b.inst, IOTR_LOG_NOTICE,
 	             "embedded Kafka cluster listening on %s", addr);
-	if ((rc = kafka_out_conf_set(k, "bootstrap.servers", addr,
+	if ((rc = kafka_conf_set(&k->b, k->conf, "bootstrap.servers", addr,
 	                             "embedded cluster")) != IOTR_OK)
 		return rc;
 	if (k->bootstrap_file &&
@@ -1021,7 +950,7 @@ static int kafka_out_start(void *state)
 	k->rk = rd_kafka_new(RD_KAFKA_PRODUCER, k->conf, errstr,
 	                     sizeof(errstr));
 	if (!k->rk) {
-		k->host->log(k->inst, IOTR_LOG_ERROR, "cannot create the Kafka "
+		k->b.host->log(k->b.inst, IOTR_LOG_ERROR, "cannot create the Kafka "
 		             "producer: %s; check `properties`", errstr);
 		return IOTR_EINVAL;
 	}
@@ -1033,12 +962,12 @@ static int kafka_out_start(void *state)
 	rc = pthread_create(&k->poll_thread, NULL, kafka_out_poll_main, k);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc != 0) {
-		k->host->log(k->inst, IOTR_LOG_ERROR, "cannot start the Kafka "
+		k->b.host->log(k->b.inst, IOTR_LOG_ERROR, "cannot start the Kafka "
 		             "delivery report thread: %s", strerror(rc));
 		return IOTR_ENOMEM;
 	}
 	k->poll_running = 1;
-	k->host->log(k->inst, IOTR_LOG_INFO, "producing to %s with librdkafka "
+	k->b.host->log(k->b.inst, IOTR_LOG_INFO, "producing to %s with librdkafka "
 	             "%s", k->embedded ? "the embedded cluster" : k->brokers,
 	             rd_kafka_version_str());
 	return IOTR_OK;
@@ -1063,7 +992,7 @@ static void kafka_out_destroy(void *state)
 			long long n = kafka_out_purge(k);
 
 			if (n > 0)
-				k->host->log(k->inst, IOTR_LOG_WARNING,
+				k->b.host->log(k->b.inst, IOTR_LOG_WARNING,
 				             "%lld messages were still on their "
 				             "way to Kafka when the output was "
 				             "destroyed; purged and reported for "
@@ -1108,4 +1037,13 @@ static const struct iotr_plugin kafka_out_plugin = {
 IOTR_PLUGIN_EXPORT const struct iotr_plugin *iotr_plugin_entry(void)
 {
 	return &kafka_out_plugin;
+}
+
+IOTR_PLUGIN_EXPORT const struct iotr_plugin *const *iotr_plugin_entries(void)
+{
+	static const struct iotr_plugin *const kinds[] = {
+		&kafka_out_plugin, &kafka_in_plugin, NULL
+	};
+
+	return kinds;
 }

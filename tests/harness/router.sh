@@ -33,7 +33,9 @@ router_start() {
 		>"$TEST_TMPDIR/router.stdout" 2>"$ROUTER_LOG" &
 	ROUTER_PID=$!
 	register_pid "$ROUTER_PID"
-	n=$(grep -c 'plugin = "mqtt"' "$conf" || true)
+	# the mqtt inputs (not outputs): each logs "subscribed to" when ready
+	n=$(awk '/^inputs *=/ { f = 1 } f && /plugin = "mqtt"/ { n++ }
+		f && /\);/ { f = 0 } END { print n + 0 }' "$conf")
 	if ! wait_for 60 _router_ready "$n"; then
 		diag "the router did not start; its log:"
 		diag_file "$ROUTER_LOG"

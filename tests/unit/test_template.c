@@ -207,6 +207,22 @@ START_TEST(ref_qos)
 }
 END_TEST
 
+/* ${key} is the message's key (from a Kafka record, or set by a rule),
+ * unless the route names a capture "key", which keeps its meaning. */
+START_TEST(ref_key)
+{
+	use_msg("vehicle.commands", NULL);
+	assert_render_fails("vehicles/${key}/cmd", "${key}: message has no key");
+	ck_assert_int_eq(msg_set_key(msg, "VIN-42", 6), IOTR_OK);
+	assert_renders("vehicles/${key}/cmd", "vehicles/VIN-42/cmd");
+
+	use_filter("devices/+key");
+	use_msg("devices/captured", NULL);
+	ck_assert_int_eq(msg_set_key(msg, "other", 5), IOTR_OK);
+	assert_renders("k=${key}", "k=captured");
+}
+END_TEST
+
 START_TEST(ref_header)
 {
 	use_msg("a", NULL);
@@ -408,6 +424,7 @@ static Suite *template_suite(void)
 	tcase_add_test(tc, render_to_outgrows_a_small_buffer);
 	tcase_add_test(tc, ref_topic_and_levels);
 	tcase_add_test(tc, ref_qos);
+	tcase_add_test(tc, ref_key);
 	tcase_add_test(tc, ref_header);
 	tcase_add_test(tc, ref_json_string_as_is);
 	tcase_add_test(tc, ref_json_nested_path_with_arrays);
