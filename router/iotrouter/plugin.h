@@ -56,9 +56,11 @@ extern "C" {
 #endif
 
 /* The ABI this header describes.  Bump the minor for additions, the major for
- * anything that breaks a compiled plugin. */
+ * anything that breaks a compiled plugin.
+ *   1.0  the first
+ *   1.1  iotr_plugin_entries(): one plugin of several kinds */
 #define IOTR_ABI_MAJOR 1
-#define IOTR_ABI_MINOR 0
+#define IOTR_ABI_MINOR 1
 
 /* Name of the symbol every plugin exports; the loader looks it up with dlsym. */
 #define IOTR_PLUGIN_ENTRY_SYMBOL "iotr_plugin_entry"

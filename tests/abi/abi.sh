@@ -85,6 +85,31 @@ assert_line "$conf:14: output 'noflush': plugin 'output_no_flush' ($P/output_no_
 assert_eq 9 "$(grep -cE "^$(re_quote "$conf"):[0-9]+: (input|transform|output) '" <<<"$out")" \
 	"every refusal is reported in one run"
 
+# --- a plugin of several kinds under one name (iotr_plugin_entries) -----------
+
+conf=$TEST_TMPDIR/kinds.conf
+cat >"$conf" <<CONF
+inputs = ( { name = "in"; plugin = "two_kinds"; } );
+transforms = ( { name = "misnamed"; plugin = "entries_misnamed"; } );
+CONF
+out=$("$IOTROUTER" --check -c "$conf" -P "$P" 2>&1)
+assert_line "$conf:1: input 'in': plugin 'two_kinds' is a transform and output plugin; list it under transforms or outputs" \
+	"$out" "a plugin of two kinds named in a third section names both kinds"
+assert_line "$conf:2: transform 'misnamed': plugin $P/entries_misnamed.so: iotr_plugin_entries() lists 'something_else', but the plugin is named 'entries_misnamed'" \
+	"$out" "iotr_plugin_entries() listing another name is refused"
+cat >"$conf" <<CONF
+inputs = ( { name = "in"; plugin = "kafka"; brokers = "127.0.0.1:9"; group_id = "g";
+	topics = [ "a" ]; } );
+transforms = ( { name = "t"; plugin = "two_kinds"; } );
+outputs = ( { name = "o"; plugin = "two_kinds"; } );
+routes = ( { match = "a"; topic = "t"; transforms = [ "t" ]; output = "o"; } );
+CONF
+out=$("$IOTROUTER" --check -c "$conf" -P "$P" -P "$IOTR_PLUGIN_DIR" 2>&1); rc=$?
+assert_eq 0 "$rc" "one .so serves as a transform and as an output in one config" "$out"
+out=$("$IOTROUTER" --help-plugin two_kinds -P "$P" 2>&1)
+assert_match "two_kinds \(transform plugin.*two_kinds \(output plugin" "$(tr '\n' ' ' <<<"$out")" \
+	"--help-plugin shows each kind of the plugin"
+
 # The missing library is the only thing wrong with needs_dep: once the
 # library can be found, the plugin loads.
 out=$(LD_LIBRARY_PATH=$DEP_LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \

@@ -30,6 +30,13 @@ static inline int noop_process(void *state, iotr_msg *msg)
 	return IOTR_OK;
 }
 
+static inline int noop_deliver(void *state, iotr_msg *msg)
+{
+	(void)state;
+	(void)msg;
+	return IOTR_FAIL;
+}
+
 static inline int noop_flush(void *state, int64_t deadline_ms)
 {
 	(void)state;
