@@ -1,6 +1,8 @@
 /*
  * mqtt.c - the input plugin "mqtt": subscribes to an MQTT broker with
- * libmosquitto and emits every message it receives into the router.
+ * libmosquitto and emits every message it receives into the router.  The
+ * same .so is the mqtt output (mqtt_out.c); both read their connection
+ * settings with mqttconn.c.
  *
  * Threading: create(), start(), stop() and destroy() run on the router's
  * thread.  The instance has `connections` MQTT connections (struct
@@ -36,11 +38,7 @@
 
 #include <iotrouter/plugin.h>
 
-/* 2.0 for MOSQ_OPT_TLS_USE_OS_CERTS and for CONNECT properties that survive
- * into an asynchronous connect (see mqtt_config_connect_properties). */
-#if !defined(LIBMOSQUITTO_MAJOR) || LIBMOSQUITTO_MAJOR < 2
-#error "the mqtt plugin needs libmosquitto 2.0 or later"
-#endif
+#include "mqttconn.h"
 
 /* How long one mosquitto_loop() call may sleep: bounds how late the loop
  * thread notices a stop request or an attempt that has taken too long. */
@@ -54,20 +52,7 @@
 #define MQTT_MAX_CONNECTIONS 64
 
 static const struct iotr_param mqtt_params[] = {
-	{ .key = "host", .type = IOTR_PARAM_STRING, .default_value = "127.0.0.1",
-	  .doc = "Broker host name or address; ignored when brokers is set." },
-	{ .key = "port", .type = IOTR_PARAM_INT, .default_value = "1883",
-	  .doc = "Broker TCP port; ignored when brokers is set.",
-	  .min = 1, .max = 65535 },
-	{ .key = "brokers", .type = IOTR_PARAM_STRING_LIST,
-	  .doc = "Broker URIs mqtt://host:port or mqtts://host:port, tried in "
-	         "turn, moving on after each failed attempt; overrides host and "
-	         "port (mqtts implies tls = true)." },
-	{ .key = "client_id", .type = IOTR_PARAM_STRING, .required = 1,
-	  .doc = "MQTT client identifier; keep it stable so the broker can "
-	         "resume the session." },
-	{ .key = "protocol", .type = IOTR_PARAM_STRING, .default_value = "5",
-	  .doc = "MQTT protocol version: \"5\" or \"3.1.1\" (also \"311\")." },
+	MQTTCONN_PARAMS_SERVER,
 	{ .key = "topics", .type = IOTR_PARAM_STRING_LIST, .required = 1,
 	  .doc = "Subscription filters; wildcards and $share/group/filter are "
 	         "allowed." },
@@ -80,61 +65,17 @@ static const struct iotr_param mqtt_params[] = {
 	         "more than one, subscribe with $share/GROUP/filter so that the "
 	         "broker hands each message to one connection only.",
 	  .min = 1, .max = MQTT_MAX_CONNECTIONS },
-	{ .key = "clean_session", .type = IOTR_PARAM_BOOL, .default_value = "false",
-	  .doc = "Start a new session on every connect instead of resuming the "
-	         "one the broker kept (messages queued while offline are lost)." },
-	{ .key = "session_expiry", .type = IOTR_PARAM_INT, .default_value = "86400",
-	  .doc = "MQTT 5, clean_session = false: seconds the broker keeps the "
-	         "session after a disconnect; 4294967295 means forever.",
-	  .min = 0, .max = 4294967295LL },
-	{ .key = "keepalive", .type = IOTR_PARAM_INT, .default_value = "60",
-	  .doc = "Keep-alive interval in seconds.", .min = 5, .max = 65535 },
-	{ .key = "username", .type = IOTR_PARAM_STRING,
-	  .doc = "User name sent to the broker." },
-	{ .key = "password", .type = IOTR_PARAM_STRING,
-	  .doc = "Password sent to the broker; prefer password_file." },
-	{ .key = "password_file", .type = IOTR_PARAM_STRING,
-	  .doc = "File whose first line is the password (read once, at start-up)." },
-	{ .key = "tls", .type = IOTR_PARAM_BOOL, .default_value = "false",
-	  .doc = "Connect with TLS." },
-	{ .key = "tls_ca_file", .type = IOTR_PARAM_STRING,
-	  .doc = "PEM file of the CA certificates that sign the broker's "
-	         "certificate; without it and tls_ca_path the system's CAs are "
-	         "used." },
-	{ .key = "tls_ca_path", .type = IOTR_PARAM_STRING,
-	  .doc = "Directory of hashed CA certificates (see openssl rehash)." },
-	{ .key = "tls_cert_file", .type = IOTR_PARAM_STRING,
-	  .doc = "PEM client certificate, for brokers that require one." },
-	{ .key = "tls_key_file", .type = IOTR_PARAM_STRING,
-	  .doc = "PEM private key of tls_cert_file (not encrypted)." },
-	{ .key = "tls_verify", .type = IOTR_PARAM_BOOL, .default_value = "true",
-	  .doc = "Verify the broker's certificate and host name; false is for "
-	         "tests only." },
-	{ .key = "tls_version", .type = IOTR_PARAM_STRING,
-	  .doc = "Oldest TLS version accepted: \"tlsv1.1\", \"tlsv1.2\" or "
-	         "\"tlsv1.3\"; default tlsv1.2." },
-	{ .key = "reconnect_min_ms", .type = IOTR_PARAM_INT, .default_value = "500",
-	  .doc = "First delay before a reconnect; doubles after each failed "
-	         "attempt.", .min = 10, .max = 3600000 },
-	{ .key = "reconnect_max_ms", .type = IOTR_PARAM_INT, .default_value = "30000",
-	  .doc = "Longest delay between reconnect attempts.",
-	  .min = 10, .max = 3600000 },
+	MQTTCONN_PARAMS_SESSION("Start a new session on every connect instead "
+	                        "of resuming the one the broker kept (messages "
+	                        "queued while offline are lost)."),
 	{ .key = "skip_retained", .type = IOTR_PARAM_BOOL, .default_value = "false",
 	  .doc = "Drop messages that carry the retain flag (counted as "
 	         "retained_skipped)." },
 	{ .key = "receive_maximum", .type = IOTR_PARAM_INT, .default_value = "100",
 	  .doc = "MQTT 5: most QoS 1/2 messages the broker may have in flight to "
 	         "this client.", .min = 1, .max = 65535 },
-	{ .key = "connect_timeout_ms", .type = IOTR_PARAM_INT, .default_value = "10000",
-	  .doc = "How long start() waits for the first connection, and how long "
-	         "one connection attempt may take.", .min = 100, .max = 3600000 },
+	MQTTCONN_PARAM_CONNECT_TIMEOUT,
 	{ .key = NULL }
-};
-
-struct mqtt_broker {
-	char *host;
-	int port;
-	char *name;             /* "host:port" for messages */
 };
 
 struct mqtt_in;
@@ -172,22 +113,13 @@ struct mqtt_in {
 	const struct iotr_host *host;
 
 	/* Configuration, read in create().  Strings from host->param_* are
-	 * borrowed: the host keeps them until destroy(). */
-	struct mqtt_broker *brokers;
-	size_t n_brokers;
+	 * borrowed: the host keeps them until destroy().  cc.client_id is the
+	 * first connection's. */
+	struct mqttconn cc;
 	const char **topics;
 	int *qos;               /* one per topic */
 	size_t n_topics;
-	int protocol;           /* MQTT_PROTOCOL_V311 or MQTT_PROTOCOL_V5 */
-	const char *client_id;  /* as configured: the first connection's */
-	const char *username;
-	int keepalive;
-	bool clean_session;
-	bool tls;
 	bool skip_retained;
-	int64_t reconnect_min_ms;
-	int64_t reconnect_max_ms;
-	int64_t connect_timeout_ms;
 
 	struct mqtt_conn *conns;
 	size_t n_conns;
@@ -208,54 +140,12 @@ struct mqtt_in {
 	atomic_bool emit_error_logged;
 };
 
-static pthread_once_t mqtt_lib_once = PTHREAD_ONCE_INIT;
-static int mqtt_lib_rc;
-
-static void mqtt_lib_init(void)
-{
-	mqtt_lib_rc = mosquitto_lib_init();
-}
-
-static int64_t mqtt_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static const char *mqtt_protocol_name(int protocol)
-{
-	return protocol == MQTT_PROTOCOL_V5 ? "MQTT 5" : "MQTT 3.1.1";
-}
-
-/* Copy a libmosquitto text without its final period, to use mid-sentence. */
-static void mqtt_copy_text(char *buf, size_t size, const char *text)
-{
-	size_t len;
-
-	snprintf(buf, size, "%s", text);
-	len = strlen(buf);
-	if (len > 0 && buf[len - 1] == '.')
-		buf[len - 1] = '\0';
-}
-
 /* Reason text of a libmosquitto return code; err is errno as it was right
  * after the failing call. */
 static void mqtt_describe_rc(struct mqtt_conn *c, char *buf, size_t size,
                              int rc, int err)
 {
-	char text[128];
-
-	if (rc == MOSQ_ERR_ERRNO) {
-		snprintf(buf, size, "%s", strerror_r(err, text, sizeof(text)));
-	} else {
-		mqtt_copy_text(text, sizeof(text), mosquitto_strerror(rc));
-		if (c->lib_error[0])
-			snprintf(buf, size, "%s (%s)", text, c->lib_error);
-		else
-			snprintf(buf, size, "%s", text);
-	}
+	mqttconn_describe_rc(buf, size, rc, err, c->lib_error);
 }
 
 static void mqtt_fail(struct mqtt_conn *c, int level, const char *fmt, ...)
@@ -296,7 +186,7 @@ static void mqtt_on_log(struct mosquitto *mosq, void *obj, int level,
 static void mqtt_subscribe_all(struct mqtt_conn *c)
 {
 	struct mqtt_in *m = c->m;
-	const struct mqtt_broker *b = &m->brokers[c->cur];
+	const struct mqttconn_broker *b = &m->cc.brokers[c->cur];
 
 	for (size_t i = 0; i < m->n_topics; i++) {
 		int rc = mosquitto_subscribe_v5(c->mosq, &c->sub_mid[i],
@@ -305,7 +195,7 @@ static void mqtt_subscribe_all(struct mqtt_conn *c)
 			char text[128];
 
 			c->sub_mid[i] = -1;
-			mqtt_copy_text(text, sizeof(text), mosquitto_strerror(rc));
+			mqttconn_copy_text(text, sizeof(text), mosquitto_strerror(rc));
 			m->host->log(m->inst, IOTR_LOG_ERROR,
 			             "cannot subscribe to \"%s\" on %s%s: %s; "
 			             "it is retried on the next reconnect",
@@ -319,66 +209,34 @@ static void mqtt_on_connect(struct mosquitto *mosq, void *obj, int rc,
 {
 	struct mqtt_conn *c = obj;
 	struct mqtt_in *m = c->m;
-	const struct mqtt_broker *b = &m->brokers[c->cur];
+	const struct mqttconn_broker *b = &m->cc.brokers[c->cur];
 
 	(void)mosq;
 	(void)props;
 	if (rc == 0) {
-		c->up_since = mqtt_now_ms();
+		c->up_since = mqttconn_now_ms();
 		c->session_up = true;
 		m->host->counter_add(m->connects, 1);
 		m->host->log(m->inst, IOTR_LOG_NOTICE,
 		             "connected to %s as \"%s\" (%s, %s)", b->name,
-		             c->client_id, mqtt_protocol_name(m->protocol),
+		             c->client_id, mqttconn_protocol_name(m->cc.protocol),
 		             (flags & 1) ? "session resumed" : "new session");
-		if (!m->clean_session && c->had_session && !(flags & 1))
+		if (!m->cc.clean_session && c->had_session && !(flags & 1))
 			m->host->log(m->inst, IOTR_LOG_WARNING, "%s did not keep the "
 			             "session of \"%s\", so messages published while "
 			             "this client was away are lost; give the broker "
 			             "persistence or raise session_expiry", b->name,
 			             c->client_id);
-		c->had_session = !m->clean_session;
+		c->had_session = !m->cc.clean_session;
 		/* Subscribe even when the session was resumed: the broker may have
 		 * lost it, and subscribing again to the same filter is harmless. */
 		mqtt_subscribe_all(c);
 	} else {
-		bool v5 = m->protocol == MQTT_PROTOCOL_V5;
-		char reason[128];
+		char why[512];
+		int level = mqttconn_connack_failure(&m->cc, rc, c->client_id, why,
+		                                     sizeof(why));
 
-		mqtt_copy_text(reason, sizeof(reason), v5 ? mosquitto_reason_string(rc)
-		                                          : mosquitto_connack_string(rc));
-
-		if ((v5 && (rc == MQTT_RC_BAD_USERNAME_OR_PASSWORD ||
-		            rc == MQTT_RC_NOT_AUTHORIZED ||
-		            rc == MQTT_RC_BAD_AUTHENTICATION_METHOD)) ||
-		    (!v5 && (rc == CONNACK_REFUSED_BAD_USERNAME_PASSWORD ||
-		             rc == CONNACK_REFUSED_NOT_AUTHORIZED))) {
-			if (m->username)
-				mqtt_fail(c, IOTR_LOG_ERROR,
-				          "the broker refused user \"%s\": %s; check "
-				          "username and password (or password_file) "
-				          "against the broker's password file",
-				          m->username, reason);
-			else
-				mqtt_fail(c, IOTR_LOG_ERROR,
-				          "the broker refused an anonymous login: %s; "
-				          "set username and password (or password_file)",
-				          reason);
-		} else if ((v5 && rc == MQTT_RC_CLIENTID_NOT_VALID) ||
-		           (!v5 && rc == CONNACK_REFUSED_IDENTIFIER_REJECTED)) {
-			mqtt_fail(c, IOTR_LOG_ERROR,
-			          "the broker rejected client_id \"%s\": %s; choose "
-			          "another client_id", c->client_id, reason);
-		} else if ((v5 && rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION) ||
-		           (!v5 && rc == CONNACK_REFUSED_PROTOCOL_VERSION)) {
-			mqtt_fail(c, IOTR_LOG_ERROR,
-			          "the broker does not speak %s: %s; set protocol = "
-			          "\"%s\"", mqtt_protocol_name(m->protocol), reason,
-			          v5 ? "3.1.1" : "5");
-		} else {
-			mqtt_fail(c, IOTR_LOG_WARNING, "the broker refused the "
-			          "connection: %s", reason);
-		}
+		mqtt_fail(c, level, "%s", why);
 	}
 
 	pthread_mutex_lock(&m->lock);
@@ -419,7 +277,7 @@ static void mqtt_on_subscribe(struct mosquitto *mosq, void *obj, int mid,
 {
 	struct mqtt_conn *c = obj;
 	struct mqtt_in *m = c->m;
-	const struct mqtt_broker *b = &m->brokers[c->cur];
+	const struct mqttconn_broker *b = &m->cc.brokers[c->cur];
 	size_t i;
 
 	(void)mosq;
@@ -435,9 +293,9 @@ static void mqtt_on_subscribe(struct mosquitto *mosq, void *obj, int mid,
 		             "%s refused the subscription to \"%s\"%s: %s; check "
 		             "the filter and the broker's ACL for user \"%s\"",
 		             b->name, m->topics[i], c->tag,
-		             m->protocol == MQTT_PROTOCOL_V5
+		             m->cc.protocol == MQTT_PROTOCOL_V5
 		             ? mosquitto_reason_string(granted[0]) : "Failure",
-		             m->username ? m->username : "(anonymous)");
+		             m->cc.username ? m->cc.username : "(anonymous)");
 	} else if (granted[0] < m->qos[i]) {
 		m->host->log(m->inst, IOTR_LOG_WARNING,
 		             "%s granted QoS %d for \"%s\"%s (asked for %d); "
@@ -535,7 +393,7 @@ static void mqtt_on_message(struct mosquitto *mosq, void *obj,
 			h->log(m->inst, IOTR_LOG_WARNING, "the router is shutting "
 			       "down and refused a message on \"%s\" from %s (it "
 			       "counts it as lost); later refusals are not logged",
-			       mm->topic, m->brokers[c->cur].name);
+			       mm->topic, m->cc.brokers[c->cur].name);
 	} else if (rc != IOTR_OK && !atomic_exchange(&m->emit_error_logged, true)) {
 		h->log(m->inst, IOTR_LOG_ERROR, "the router refused a message on "
 		       "\"%s\" (status %d); later refusals are not logged",
@@ -638,7 +496,7 @@ static int mqtt_loop_plain(struct mqtt_conn *c)
 static void mqtt_run_connection(struct mqtt_conn *c)
 {
 	struct mqtt_in *m = c->m;
-	int64_t started = mqtt_now_ms();
+	int64_t started = mqttconn_now_ms();
 	int rc;
 
 	for (;;) {
@@ -649,13 +507,13 @@ static void mqtt_run_connection(struct mqtt_conn *c)
 			 * in case the network is gone. */
 			rc = mosquitto_disconnect_v5(c->mosq, MQTT_RC_NORMAL_DISCONNECTION,
 			                             NULL);
-			started = mqtt_now_ms();
+			started = mqttconn_now_ms();
 			while (rc == MOSQ_ERR_SUCCESS && c->session_up &&
-			       mqtt_now_ms() - started < m->connect_timeout_ms)
+			       mqttconn_now_ms() - started < m->cc.connect_timeout_ms)
 				rc = mosquitto_loop(c->mosq, MQTT_LOOP_MS, 1);
 			return;
 		}
-		if (c->session_up && !c->m->tls)
+		if (c->session_up && !c->m->cc.tls)
 			rc = mqtt_loop_plain(c);
 		else
 			rc = mosquitto_loop(c->mosq, MQTT_LOOP_MS, 1);
@@ -666,10 +524,10 @@ static void mqtt_run_connection(struct mqtt_conn *c)
 			mqtt_fail(c, IOTR_LOG_WARNING, "%s", why);
 			return;
 		}
-		if (!c->up_since && mqtt_now_ms() - started >= m->connect_timeout_ms) {
+		if (!c->up_since && mqttconn_now_ms() - started >= m->cc.connect_timeout_ms) {
 			/* The next connect call closes this socket. */
 			mqtt_fail(c, IOTR_LOG_WARNING, "no CONNACK within %" PRId64
-			          " ms (connect_timeout_ms)", m->connect_timeout_ms);
+			          " ms (connect_timeout_ms)", m->cc.connect_timeout_ms);
 			return;
 		}
 	}
@@ -679,10 +537,10 @@ static void *mqtt_loop(void *arg)
 {
 	struct mqtt_conn *c = arg;
 	struct mqtt_in *m = c->m;
-	int64_t delay = m->reconnect_min_ms;
+	int64_t delay = m->cc.reconnect_min_ms;
 
 	while (!mqtt_stop_requested(m)) {
-		const struct mqtt_broker *b = &m->brokers[c->cur];
+		const struct mqttconn_broker *b = &m->cc.brokers[c->cur];
 		int rc;
 
 		c->up_since = 0;
@@ -692,7 +550,7 @@ static void *mqtt_loop(void *arg)
 		c->lib_error[0] = '\0';
 
 		rc = mosquitto_connect_bind_async(c->mosq, b->host, b->port,
-		                                  m->keepalive, NULL);
+		                                  m->cc.keepalive, NULL);
 		if (rc == MOSQ_ERR_SUCCESS) {
 			mqtt_run_connection(c);
 		} else {
@@ -703,7 +561,7 @@ static void *mqtt_loop(void *arg)
 		}
 
 		if (c->up_since) {
-			int64_t up = mqtt_now_ms() - c->up_since;
+			int64_t up = mqttconn_now_ms() - c->up_since;
 
 			if (mqtt_stop_requested(m)) {
 				m->host->log(m->inst, IOTR_LOG_NOTICE,
@@ -714,8 +572,8 @@ static void *mqtt_loop(void *arg)
 			/* A connection that stayed up a while starts the back-off
 			 * afresh; one that keeps dropping (say, another client with
 			 * the same client_id) keeps backing off. */
-			if (up >= m->reconnect_max_ms)
-				delay = m->reconnect_min_ms;
+			if (up >= m->cc.reconnect_max_ms)
+				delay = m->cc.reconnect_min_ms;
 			m->host->log(m->inst, IOTR_LOG_NOTICE,
 			             "disconnected from %s%s: %s; reconnecting in %"
 			             PRId64 " ms", b->name, c->tag,
@@ -724,133 +582,23 @@ static void *mqtt_loop(void *arg)
 		} else {
 			if (mqtt_stop_requested(m))
 				break;
-			c->cur = (c->cur + 1) % m->n_brokers;
+			c->cur = (c->cur + 1) % m->cc.n_brokers;
 			m->host->log(m->inst, c->fail_level,
 			             "cannot connect to %s%s: %s; next attempt in %" PRId64
 			             " ms%s%s", b->name, c->tag,
 			             c->fail_reason[0] ? c->fail_reason : "unknown reason",
-			             delay, m->n_brokers > 1 ? " to " : "",
-			             m->n_brokers > 1 ? m->brokers[c->cur].name : "");
+			             delay, m->cc.n_brokers > 1 ? " to " : "",
+			             m->cc.n_brokers > 1 ? m->cc.brokers[c->cur].name : "");
 		}
 		if (!mqtt_sleep(m, delay))
 			break;
-		delay = delay * 2 > m->reconnect_max_ms ? m->reconnect_max_ms
+		delay = delay * 2 > m->cc.reconnect_max_ms ? m->cc.reconnect_max_ms
 		                                        : delay * 2;
 	}
 	return NULL;
 }
 
 /* -- configuration ------------------------------------------------------------- */
-
-/* Parse "mqtt://host:port" or "mqtts://host:port" (host may be "[v6addr]",
- * port defaults to 1883 / 8883).  Returns 0, or -1 if malformed. */
-static int mqtt_parse_uri(const char *uri, struct mqtt_broker *b, bool *tls)
-{
-	const char *p, *host, *host_end;
-	long port;
-
-	if (strncmp(uri, "mqtt://", 7) == 0) {
-		*tls = false;
-		p = uri + 7;
-		port = 1883;
-	} else if (strncmp(uri, "mqtts://", 8) == 0) {
-		*tls = true;
-		p = uri + 8;
-		port = 8883;
-	} else {
-		return -1;
-	}
-
-	if (*p == '[') {
-		host = p + 1;
-		host_end = strchr(host, ']');
-		if (!host_end)
-			return -1;
-		p = host_end + 1;
-	} else {
-		host = p;
-		host_end = p + strcspn(p, ":/");
-		p = host_end;
-	}
-	if (host_end == host)
-		return -1;
-
-	if (*p == ':') {
-		char *end;
-
-		errno = 0;
-		port = strtol(p + 1, &end, 10);
-		if (end == p + 1 || errno || port < 1 || port > 65535)
-			return -1;
-		p = end;
-	}
-	if (*p == '/')
-		p++;
-	if (*p != '\0')
-		return -1;
-
-	b->host = strndup(host, (size_t)(host_end - host));
-	b->port = (int)port;
-	if (b->host && asprintf(&b->name, strchr(b->host, ':') ? "[%s]:%d"
-	                                                         : "%s:%d",
-	                        b->host, b->port) < 0)
-		b->name = NULL;
-	return 0;
-}
-
-static int mqtt_config_brokers(struct mqtt_in *m, bool *tls)
-{
-	const struct iotr_host *h = m->host;
-	size_t n = h->param_count(m->inst, "brokers");
-
-	if (n == 0) {
-		const char *host = h->param_string(m->inst, "host");
-		int port = (int)h->param_int(m->inst, "port");
-
-		m->brokers = calloc(1, sizeof(*m->brokers));
-		if (!m->brokers)
-			return IOTR_ENOMEM;
-		m->n_brokers = 1;
-		m->brokers[0].host = strdup(host);
-		m->brokers[0].port = port;
-		if (!m->brokers[0].host ||
-		    asprintf(&m->brokers[0].name, strchr(host, ':') ? "[%s]:%d"
-		                                                     : "%s:%d",
-		             host, port) < 0)
-			return IOTR_ENOMEM;
-		return IOTR_OK;
-	}
-
-	if (h->param_is_set(m->inst, "host") || h->param_is_set(m->inst, "port"))
-		h->log(m->inst, IOTR_LOG_WARNING, "host and port are ignored because "
-		       "brokers is set; remove them from the config");
-
-	m->brokers = calloc(n, sizeof(*m->brokers));
-	if (!m->brokers)
-		return IOTR_ENOMEM;
-	m->n_brokers = n;
-	for (size_t i = 0; i < n; i++) {
-		const char *uri = h->param_string_at(m->inst, "brokers", i);
-		bool uri_tls;
-
-		if (mqtt_parse_uri(uri, &m->brokers[i], &uri_tls) != 0) {
-			h->log(m->inst, IOTR_LOG_ERROR, "brokers[%zu] = \"%s\" is not a "
-			       "broker URI; write mqtt://host:port or mqtts://host:port",
-			       i, uri);
-			return IOTR_EINVAL;
-		}
-		if (!m->brokers[i].host || !m->brokers[i].name)
-			return IOTR_ENOMEM;
-		if (i > 0 && uri_tls != *tls) {
-			h->log(m->inst, IOTR_LOG_ERROR, "brokers mixes mqtt:// and "
-			       "mqtts:// URIs (\"%s\"); one connection setting serves "
-			       "every broker, so use one scheme for all", uri);
-			return IOTR_EINVAL;
-		}
-		*tls = uri_tls;
-	}
-	return IOTR_OK;
-}
 
 static int mqtt_config_topics(struct mqtt_in *m)
 {
@@ -906,215 +654,6 @@ static int mqtt_config_topics(struct mqtt_in *m)
 	return IOTR_OK;
 }
 
-/* The first line of path, without its line end; NULL and *err = errno (0 for
- * an empty file) on failure.  The caller wipes and frees it. */
-static char *mqtt_read_first_line(const char *path, int *err)
-{
-	FILE *f = fopen(path, "re");
-	char *line = NULL;
-	size_t cap = 0;
-	ssize_t n;
-
-	if (!f) {
-		*err = errno;
-		return NULL;
-	}
-	errno = 0;
-	n = getline(&line, &cap, f);
-	*err = errno;
-	fclose(f);
-	if (n <= 0) {
-		free(line);
-		return NULL;
-	}
-	line[strcspn(line, "\r\n")] = '\0';
-	return line;
-}
-
-/* Read username and the password (from password or password_file) and
- * check them; *password is a copy the caller wipes and frees, or NULL. */
-static int mqtt_config_credentials(struct mqtt_in *m, char **password)
-{
-	const struct iotr_host *h = m->host;
-	const char *value = h->param_string(m->inst, "password");
-	const char *file = h->param_string(m->inst, "password_file");
-
-	*password = NULL;
-	m->username = h->param_string(m->inst, "username");
-	if (value && file) {
-		h->log(m->inst, IOTR_LOG_ERROR, "both password and password_file "
-		       "are set; keep one of them");
-		return IOTR_EINVAL;
-	}
-	if (file) {
-		int err;
-
-		*password = mqtt_read_first_line(file, &err);
-		if (!*password) {
-			char ebuf[128];
-
-			h->log(m->inst, IOTR_LOG_ERROR, "password_file \"%s\": %s; the "
-			       "router reads the password from its first line",
-			       file, err ? strerror_r(err, ebuf, sizeof(ebuf))
-			                 : "the file is empty");
-			return IOTR_EINVAL;
-		}
-	} else if (value && !(*password = strdup(value))) {
-		return IOTR_ENOMEM;
-	}
-	if (*password && !m->username && m->protocol != MQTT_PROTOCOL_V5) {
-		h->log(m->inst, IOTR_LOG_ERROR, "a password is set without "
-		       "username; MQTT 3.1.1 needs both, so set username");
-		return IOTR_EINVAL;
-	}
-	return IOTR_OK;
-}
-
-/* An encrypted key would make OpenSSL prompt on the terminal; refuse it. */
-static int mqtt_no_key_password(char *buf, int size, int rwflag, void *userdata)
-{
-	(void)buf;
-	(void)size;
-	(void)rwflag;
-	(void)userdata;
-	return 0;
-}
-
-/* Set up TLS on connection c's handle.  The checks give the same answer
- * for every connection, so only the first one logs its warnings. */
-static int mqtt_config_tls(struct mqtt_conn *c, bool uri_tls)
-{
-	struct mqtt_in *m = c->m;
-	static const char *const files[] = {
-		"tls_ca_file", "tls_ca_path", "tls_cert_file", "tls_key_file",
-		"tls_version"
-	};
-	const struct iotr_host *h = m->host;
-	const char *ca_file = h->param_string(m->inst, "tls_ca_file");
-	const char *ca_path = h->param_string(m->inst, "tls_ca_path");
-	const char *cert = h->param_string(m->inst, "tls_cert_file");
-	const char *key = h->param_string(m->inst, "tls_key_file");
-	const char *version = h->param_string(m->inst, "tls_version");
-	bool verify = h->param_bool(m->inst, "tls_verify");
-	int rc;
-
-	if (!h->param_bool(m->inst, "tls") && !uri_tls) {
-		/* A CA or certificate without TLS would send credentials in clear
-		 * text to a broker the operator meant to reach over TLS. */
-		for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-			if (h->param_string(m->inst, files[i])) {
-				h->log(m->inst, IOTR_LOG_ERROR, "%s is set but TLS is off; "
-				       "set tls = true (or use mqtts:// brokers), or remove "
-				       "%s", files[i], files[i]);
-				return IOTR_EINVAL;
-			}
-		}
-		return IOTR_OK;
-	}
-
-	if (!cert != !key) {
-		h->log(m->inst, IOTR_LOG_ERROR, "%s is set without %s; a client "
-		       "certificate needs both tls_cert_file and tls_key_file",
-		       cert ? "tls_cert_file" : "tls_key_file",
-		       cert ? "tls_key_file" : "tls_cert_file");
-		return IOTR_EINVAL;
-	}
-	for (size_t i = 0; i < 4; i++) {
-		const char *path = h->param_string(m->inst, files[i]);
-		FILE *f;
-
-		if (!path || i == 1)    /* tls_ca_path is a directory */
-			continue;
-		f = fopen(path, "re");
-		if (!f) {
-			char ebuf[128];
-
-			h->log(m->inst, IOTR_LOG_ERROR, "%s \"%s\": %s; fix the path "
-			       "or the file's permissions", files[i], path,
-			       strerror_r(errno, ebuf, sizeof(ebuf)));
-			return IOTR_EINVAL;
-		}
-		fclose(f);
-	}
-
-	if (ca_file || ca_path) {
-		rc = mosquitto_tls_set(c->mosq, ca_file, ca_path, cert, key,
-		                       mqtt_no_key_password);
-	} else if (cert) {
-		h->log(m->inst, IOTR_LOG_ERROR, "tls_cert_file needs tls_ca_file or "
-		       "tls_ca_path (libmosquitto cannot combine a client "
-		       "certificate with the system's CAs); set one of them");
-		return IOTR_EINVAL;
-	} else {
-		rc = mosquitto_int_option(c->mosq, MOSQ_OPT_TLS_USE_OS_CERTS, 1);
-	}
-	if (rc != MOSQ_ERR_SUCCESS) {
-		char text[128];
-
-		mqtt_copy_text(text, sizeof(text), mosquitto_strerror(rc));
-		h->log(m->inst, IOTR_LOG_ERROR, "TLS setup failed: %s; check "
-		       "tls_ca_file, tls_ca_path, tls_cert_file and tls_key_file",
-		       text);
-		return IOTR_EINVAL;
-	}
-
-	m->tls = true;
-	if (version || !verify)
-		rc = mosquitto_tls_opts_set(c->mosq, verify ? 1 : 0, version, NULL);
-	if (rc != MOSQ_ERR_SUCCESS) {
-		h->log(m->inst, IOTR_LOG_ERROR, "tls_version = \"%s\" is not "
-		       "supported; use \"tlsv1.1\", \"tlsv1.2\" or \"tlsv1.3\", or "
-		       "remove it", version ? version : "");
-		return IOTR_EINVAL;
-	}
-	if (!verify) {
-		mosquitto_tls_insecure_set(c->mosq, true);
-		if (c == &m->conns[0])
-			h->log(m->inst, IOTR_LOG_WARNING, "tls_verify = false: the "
-			       "broker's certificate and host name are not checked, "
-			       "so anyone on the path can impersonate it; set "
-			       "tls_ca_file and remove tls_verify outside tests");
-	}
-	return IOTR_OK;
-}
-
-/* MQTT 5 CONNECT properties.  libmosquitto 2.0 has no asynchronous connect
- * that takes properties, but mosquitto_connect_bind_v5() stores them on the
- * handle before it checks the host, and every later connect and reconnect
- * sends the stored ones.  With host NULL it stores them and returns
- * MOSQ_ERR_INVAL without touching the network.  (Checked against 2.0.11 and
- * the current 2.0 sources; the persistent-session test fails if it breaks.) */
-static int mqtt_config_connect_properties(struct mqtt_conn *c, int64_t expiry)
-{
-	struct mqtt_in *m = c->m;
-	mosquitto_property *props = NULL;
-	int major, minor, revision, rc;
-
-	/* The headers said 2.0, but 1.6 has the same soname and drops the
-	 * properties silently. */
-	mosquitto_lib_version(&major, &minor, &revision);
-	if (major < 2) {
-		m->host->log(m->inst, IOTR_LOG_ERROR, "libmosquitto %d.%d.%d cannot "
-		             "keep an MQTT 5 session; install libmosquitto 2.0 or "
-		             "later, or set protocol = \"3.1.1\"", major, minor,
-		             revision);
-		return IOTR_FAIL;
-	}
-	if (mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
-	                                 (uint32_t)expiry) != MOSQ_ERR_SUCCESS)
-		return IOTR_ENOMEM;
-	rc = mosquitto_connect_bind_v5(c->mosq, NULL, 0, m->keepalive, NULL, props);
-	mosquitto_property_free_all(&props);
-	if (rc != MOSQ_ERR_INVAL) {
-		m->host->log(m->inst, IOTR_LOG_ERROR, "cannot set the MQTT 5 session "
-		             "expiry (%s); this libmosquitto is not supported, use "
-		             "protocol = \"3.1.1\" or clean_session = true",
-		             mosquitto_strerror(rc));
-		return IOTR_FAIL;
-	}
-	return IOTR_OK;
-}
-
 /* -- lifecycle ----------------------------------------------------------------- */
 
 static int mqtt_stop(void *state);
@@ -1122,8 +661,7 @@ static void mqtt_destroy(void *state);
 
 /* Make connection i's handle: its client id, the options, credentials, TLS
  * and session settings shared by all connections, and the callbacks. */
-static int mqtt_conn_setup(struct mqtt_in *m, size_t i, const char *password,
-                           bool uri_tls, int64_t expiry)
+static int mqtt_conn_setup(struct mqtt_in *m, size_t i)
 {
 	const struct iotr_host *host = m->host;
 	iotr_instance *inst = m->inst;
@@ -1133,8 +671,8 @@ static int mqtt_conn_setup(struct mqtt_in *m, size_t i, const char *password,
 	c->m = m;
 	c->tag = "";
 	if (i == 0)
-		c->client_id = strdup(m->client_id);
-	else if (asprintf(&c->client_id, "%s-%zu", m->client_id, i) < 0)
+		c->client_id = strdup(m->cc.client_id);
+	else if (asprintf(&c->client_id, "%s-%zu", m->cc.client_id, i) < 0)
 		c->client_id = NULL;
 	c->sub_mid = calloc(m->n_topics, sizeof(*c->sub_mid));
 	if (!c->client_id || !c->sub_mid)
@@ -1149,7 +687,7 @@ static int mqtt_conn_setup(struct mqtt_in *m, size_t i, const char *password,
 	for (size_t t = 0; t < m->n_topics; t++)
 		c->sub_mid[t] = -1;
 
-	c->mosq = mosquitto_new(c->client_id, m->clean_session, c);
+	c->mosq = mosquitto_new(c->client_id, m->cc.clean_session, c);
 	if (!c->mosq) {
 		host->log(inst, IOTR_LOG_ERROR, "mosquitto_new failed for client_id "
 		          "\"%s\": %s", c->client_id,
@@ -1158,25 +696,18 @@ static int mqtt_conn_setup(struct mqtt_in *m, size_t i, const char *password,
 	}
 	/* Threaded mode: acks are queued, not written, inside on_message. */
 	mosquitto_threaded_set(c->mosq, true);
-	mosquitto_int_option(c->mosq, MOSQ_OPT_PROTOCOL_VERSION, m->protocol);
+	mosquitto_int_option(c->mosq, MOSQ_OPT_PROTOCOL_VERSION, m->cc.protocol);
 	mosquitto_int_option(c->mosq, MOSQ_OPT_RECEIVE_MAXIMUM,
 	                     (int)host->param_int(inst, "receive_maximum"));
 
-	if ((m->username || password) &&
-	    mosquitto_username_pw_set(c->mosq, m->username, password)
-	    != MOSQ_ERR_SUCCESS)
-		return IOTR_ENOMEM;
-	if ((rc = mqtt_config_tls(c, uri_tls)) != IOTR_OK)
-		return rc;
-	/* Without clean_session the session outlives the connection; an MQTT 5
-	 * broker keeps it only as long as the session expiry says (default 0). */
-	if (m->protocol == MQTT_PROTOCOL_V5 && !m->clean_session && expiry > 0 &&
-	    (rc = mqtt_config_connect_properties(c, expiry)) != IOTR_OK)
+	/* Credentials, TLS and the session expiry; the warnings that are the
+	 * same for every connection are logged by the first one only. */
+	if ((rc = mqttconn_setup_handle(&m->cc, c->mosq, i == 0)) != IOTR_OK)
 		return rc;
 
 	/* The log callback costs a formatted string per packet: only pay for it
 	 * where it explains failures (TLS) or someone reads debug output. */
-	if (m->tls || host->log_enabled(inst, IOTR_LOG_DEBUG))
+	if (m->cc.tls || host->log_enabled(inst, IOTR_LOG_DEBUG))
 		mosquitto_log_callback_set(c->mosq, mqtt_on_log);
 	mosquitto_connect_v5_callback_set(c->mosq, mqtt_on_connect);
 	mosquitto_disconnect_v5_callback_set(c->mosq, mqtt_on_disconnect);
@@ -1189,25 +720,19 @@ static int mqtt_create(iotr_instance *inst, const struct iotr_host *host,
                        void **state)
 {
 	struct mqtt_in *m;
-	const char *protocol;
-	char *password = NULL;
-	bool uri_tls = false;
-	int64_t expiry;
 	pthread_condattr_t cattr;
 	int rc;
 
-	pthread_once(&mqtt_lib_once, mqtt_lib_init);
-	if (mqtt_lib_rc != MOSQ_ERR_SUCCESS) {
-		host->log(inst, IOTR_LOG_ERROR, "mosquitto_lib_init failed: %s",
-		          mosquitto_strerror(mqtt_lib_rc));
-		return IOTR_FAIL;
-	}
+	if ((rc = mqttconn_lib_init(inst, host)) != IOTR_OK)
+		return rc;
 
 	m = calloc(1, sizeof(*m));
 	if (!m)
 		return IOTR_ENOMEM;
 	m->inst = inst;
 	m->host = host;
+	m->cc.inst = inst;
+	m->cc.host = host;
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_condattr_init(&cattr);
 	pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
@@ -1215,45 +740,14 @@ static int mqtt_create(iotr_instance *inst, const struct iotr_host *host,
 	pthread_condattr_destroy(&cattr);
 	*state = m;
 
-	protocol = host->param_string(inst, "protocol");
-	if (strcmp(protocol, "5") == 0) {
-		m->protocol = MQTT_PROTOCOL_V5;
-	} else if (strcmp(protocol, "3.1.1") == 0 || strcmp(protocol, "311") == 0) {
-		m->protocol = MQTT_PROTOCOL_V311;
-	} else {
-		host->log(inst, IOTR_LOG_ERROR, "protocol = \"%s\" is not supported; "
-		          "use \"5\" or \"3.1.1\"", protocol);
-		rc = IOTR_EINVAL;
+	if ((rc = mqttconn_config_read(&m->cc)) != IOTR_OK)
 		goto fail;
-	}
-
-	m->client_id = host->param_string(inst, "client_id");
-	if (!m->client_id || !m->client_id[0]) {
-		host->log(inst, IOTR_LOG_ERROR, "client_id is empty; give this "
-		          "router a stable, unique client_id so that its session "
-		          "survives restarts");
-		rc = IOTR_EINVAL;
-		goto fail;
-	}
-	m->clean_session = host->param_bool(inst, "clean_session");
 	m->n_conns = (size_t)host->param_int(inst, "connections");
-	expiry = host->param_int(inst, "session_expiry");
-	m->keepalive = (int)host->param_int(inst, "keepalive");
 	m->skip_retained = host->param_bool(inst, "skip_retained");
-	m->reconnect_min_ms = host->param_int(inst, "reconnect_min_ms");
-	m->reconnect_max_ms = host->param_int(inst, "reconnect_max_ms");
-	m->connect_timeout_ms = host->param_int(inst, "connect_timeout_ms");
-	if (m->reconnect_min_ms > m->reconnect_max_ms) {
-		host->log(inst, IOTR_LOG_ERROR, "reconnect_min_ms (%" PRId64 ") is "
-		          "larger than reconnect_max_ms (%" PRId64 "); make min <= max",
-		          m->reconnect_min_ms, m->reconnect_max_ms);
-		rc = IOTR_EINVAL;
-		goto fail;
-	}
 
-	if ((rc = mqtt_config_brokers(m, &uri_tls)) != IOTR_OK ||
+	if ((rc = mqttconn_config_brokers(&m->cc)) != IOTR_OK ||
 	    (rc = mqtt_config_topics(m)) != IOTR_OK ||
-	    (rc = mqtt_config_credentials(m, &password)) != IOTR_OK)
+	    (rc = mqttconn_config_credentials(&m->cc)) != IOTR_OK)
 		goto fail;
 
 	m->conns = calloc(m->n_conns, sizeof(*m->conns));
@@ -1262,13 +756,9 @@ static int mqtt_create(iotr_instance *inst, const struct iotr_host *host,
 		goto fail;
 	}
 	for (size_t i = 0; i < m->n_conns; i++)
-		if ((rc = mqtt_conn_setup(m, i, password, uri_tls, expiry)) != IOTR_OK)
+		if ((rc = mqtt_conn_setup(m, i)) != IOTR_OK)
 			goto fail;
-	if (password) {
-		explicit_bzero(password, strlen(password));
-		free(password);
-		password = NULL;
-	}
+	mqttconn_wipe_password(&m->cc);
 
 	m->received = host->counter(inst, "received");
 	m->retained_skipped = host->counter(inst, "retained_skipped");
@@ -1280,10 +770,6 @@ fail:
 	if (rc == IOTR_ENOMEM)
 		host->log(inst, IOTR_LOG_ERROR, "out of memory while reading the "
 		          "configuration");
-	if (password) {
-		explicit_bzero(password, strlen(password));
-		free(password);
-	}
 	mqtt_destroy(m);
 	*state = NULL;
 	return rc;
@@ -1319,8 +805,8 @@ static int mqtt_start(void *state)
 	 * started; a broker that is down is not a reason to fail, the loops
 	 * keep trying. */
 	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += m->connect_timeout_ms / 1000;
-	until.tv_nsec += (m->connect_timeout_ms % 1000) * 1000000;
+	until.tv_sec += m->cc.connect_timeout_ms / 1000;
+	until.tv_nsec += (m->cc.connect_timeout_ms % 1000) * 1000000;
 	if (until.tv_nsec >= 1000000000) {
 		until.tv_sec++;
 		until.tv_nsec -= 1000000000;
@@ -1340,14 +826,14 @@ static int mqtt_start(void *state)
 		m->host->log(m->inst, IOTR_LOG_WARNING, "not connected to %s%s after "
 		             "%" PRId64 " ms; starting anyway and retrying in the "
 		             "background (see the connection errors logged)",
-		             m->brokers[0].name, m->n_brokers > 1 ? " or the other "
-		             "brokers" : "", m->connect_timeout_ms);
+		             m->cc.brokers[0].name, m->cc.n_brokers > 1 ? " or the other "
+		             "brokers" : "", m->cc.connect_timeout_ms);
 	else if (answered < m->n_conns)
 		m->host->log(m->inst, IOTR_LOG_WARNING, "%zu of %zu connections "
 		             "have no answer from the broker after %" PRId64 " ms; "
 		             "starting anyway and retrying in the background (see the "
 		             "connection errors logged)", m->n_conns - answered,
-		             m->n_conns, m->connect_timeout_ms);
+		             m->n_conns, m->cc.connect_timeout_ms);
 	return IOTR_OK;
 }
 
@@ -1392,11 +878,7 @@ static void mqtt_destroy(void *state)
 		}
 		free(m->conns);
 	}
-	for (size_t i = 0; i < m->n_brokers; i++) {
-		free(m->brokers[i].host);
-		free(m->brokers[i].name);
-	}
-	free(m->brokers);
+	mqttconn_free(&m->cc);
 	free(m->topics);
 	free(m->qos);
 	pthread_cond_destroy(&m->cond);
@@ -1421,4 +903,14 @@ static const struct iotr_plugin mqtt_plugin = {
 IOTR_PLUGIN_EXPORT const struct iotr_plugin *iotr_plugin_entry(void)
 {
 	return &mqtt_plugin;
+}
+
+/* The input and the output (mqtt_out.c), both named "mqtt". */
+IOTR_PLUGIN_EXPORT const struct iotr_plugin *const *iotr_plugin_entries(void)
+{
+	static const struct iotr_plugin *const entries[] = {
+		&mqtt_plugin, &mqtt_out_plugin, NULL
+	};
+
+	return entries;
 }
