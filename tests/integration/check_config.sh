@@ -14,6 +14,19 @@ for f in "$top_srcdir"/config/*.conf; do
 	assert_eq 0 "$rc" "example $(basename "$f") passes --check"
 done
 
+# The README's whole configurations (the code blocks with inputs) are valid.
+awk -v dir="$TEST_TMPDIR" '
+	/^```/ { if (inb) { close(f); inb = 0 } else { inb = 1; f = dir "/readme." ++n ".conf" } next }
+	inb { print > f }' "$top_srcdir/README.md"
+n=0
+for f in "$TEST_TMPDIR"/readme.*.conf; do
+	grep -q '^inputs = ' "$f" || continue
+	n=$((n + 1))
+	out=$(check "$f"); rc=$?
+	assert_eq 0 "$rc" "the README's configuration number $n passes --check" "$out"
+done
+assert_ge 2 "$n" "the README shows the forward and the reverse path"
+
 cat >"$TEST_TMPDIR/syntax.conf" <<'CONF'
 router = {
 	workers = 2;
