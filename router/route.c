@@ -271,6 +271,11 @@ int route_apply(const struct route *r, iotr_msg *msg, const size_t *spans)
 	 * is copied into the message's own room. */
 	if (r->topic) {
 		rc = template_render_to(r->topic, msg, &b, err, sizeof(err));
+		if (rc == IOTR_OK && strlen(b.data) < b.len) {
+			/* a header's bytes, say: the topic would be cut */
+			snprintf(err, sizeof(err), "the topic has a NUL byte");
+			rc = IOTR_FAIL;
+		}
 		if (rc == IOTR_FAIL)
 			rc = route_fail(msg, r, "topic", err);
 		else if (rc == IOTR_OK && msg_set_dest(msg, b.data))

@@ -414,6 +414,17 @@ int template_render_to(const struct template *t, iotr_msg *msg,
 				rc = IOTR_FAIL;
 				break;
 			}
+			/* A key is one topic level: it must not add levels
+			 * or wildcards to the topic it goes into (a Kafka
+			 * key is any bytes). */
+			if (strcspn(msg->key, "/+#") < msg->key_len ||
+			    strlen(msg->key) < msg->key_len) {
+				snprintf(err, errlen, "${key}: the key has a "
+				         "'/', '+', '#' or NUL, and cannot be "
+				         "one topic level");
+				rc = IOTR_FAIL;
+				break;
+			}
 			rc = msg_buf_add(&b, msg->key, msg->key_len) ?
 				IOTR_ENOMEM : 0;
 			break;

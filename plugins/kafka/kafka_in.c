@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <time.h>
 
 #include <librdkafka/rdkafka.h>
 
@@ -26,6 +27,9 @@
 /* Longest wait in one rd_kafka_consumer_poll(): how soon stop() is seen
  * when no records come.  Records are handed over as soon as they arrive. */
 #define KAFKA_IN_POLL_MS 100
+
+/* Out of memory, how long to wait before making a record's message again. */
+#define KAFKA_IN_NOMEM_RETRY_MS 100
 
 struct kafka_in {
 	struct kafka_base b;         /* first: librdkafka's opaque */
@@ -124,53 +128,81 @@ static void kafka_in_record_error(struct kafka_in *k, rd_kafka_message_t *m)
 		               k->brokers, rd_kafka_message_errstr(m));
 }
 
-/* One record to the router; its offset is stored once the router has it. */
-static void kafka_in_record(struct kafka_in *k, rd_kafka_message_t *m)
+/* The message for one record, or NULL when out of memory. */
+static iotr_msg *kafka_in_message(struct kafka_in *k, rd_kafka_message_t *m)
+{
+	const struct iotr_host *h = k->b.host;
+	iotr_msg *msg = h->msg_new(rd_kafka_topic_name(m->rkt), m->payload,
+	                           m->len);
+
+	if (msg &&
+	    ((m->key && h->msg_set_key(msg, m->key, m->key_len) != IOTR_OK) ||
+	     kafka_in_headers(k, msg, m) != IOTR_OK)) {
+		h->msg_free(msg);
+		msg = NULL;
+	}
+	return msg;
+}
+
+/*
+ * One record to the router; its offset is stored once the router has it.
+ * Out of memory, the same record is tried again: skipping it would let the
+ * next record's offset commit past it.  Returns false when the router is
+ * past its shutdown deadline and the record was not taken: then no later
+ * record of the partition may store its offset either, and consuming ends.
+ */
+static bool kafka_in_record(struct kafka_in *k, rd_kafka_message_t *m)
 {
 	const struct iotr_host *h = k->b.host;
 	const char *topic = rd_kafka_topic_name(m->rkt);
+	const struct timespec pause = { 0, KAFKA_IN_NOMEM_RETRY_MS * 1000000L };
 	rd_kafka_resp_err_t err;
+	bool said = false;
 	iotr_msg *msg;
 	int rc;
 
 	h->counter_add(k->received, 1);
-	msg = h->msg_new(topic, m->payload, m->len);
-	if (!msg ||
-	    (m->key && h->msg_set_key(msg, m->key, m->key_len) != IOTR_OK) ||
-	    kafka_in_headers(k, msg, m) != IOTR_OK) {
-		/* Not stored: the record is consumed again after a restart. */
-		h->log(k->b.inst, IOTR_LOG_ERROR, "out of memory: record "
-		       "\"%s\" [%d] at offset %lld not taken; it is read again "
-		       "when the router restarts", topic, (int)m->partition,
-		       (long long)m->offset);
-		if (msg)
-			h->msg_free(msg);
-		return;
+	for (;;) {
+		rc = IOTR_ENOMEM;
+		if ((msg = kafka_in_message(k, m)))
+			rc = h->emit(k->b.inst, msg);
+		if (rc != IOTR_ENOMEM)
+			break;
+		if (h->stopping(k->b.inst) == 2) {
+			rc = IOTR_ESHUTDOWN;
+			break;
+		}
+		if (!said)
+			h->log(k->b.inst, IOTR_LOG_ERROR, "out of memory taking "
+			       "record \"%s\" [%d] at offset %lld; trying again "
+			       "every %d ms", topic, (int)m->partition,
+			       (long long)m->offset, KAFKA_IN_NOMEM_RETRY_MS);
+		said = true;
+		nanosleep(&pause, NULL);
 	}
-
-	rc = h->emit(k->b.inst, msg);
 	if (rc == IOTR_ESHUTDOWN) {
 		if (!atomic_exchange(&k->shutdown_logged, true))
 			h->log(k->b.inst, IOTR_LOG_WARNING, "the router is "
-			       "shutting down and refused a record of \"%s\"; "
-			       "its offset is not committed, so it is read "
-			       "again when the router restarts", topic);
-		return;
+			       "past its shutdown deadline and refused a record "
+			       "of \"%s\" [%d] at offset %lld; it is not "
+			       "committed, and is read again when the router "
+			       "restarts", topic, (int)m->partition,
+			       (long long)m->offset);
+		return false;
 	}
-	if (rc != IOTR_OK) {
-		/* The router has counted and logged it (dead letter or lost):
-		 * reading it again would not change that. */
-		if (!atomic_exchange(&k->emit_error_logged, true))
-			h->log(k->b.inst, IOTR_LOG_ERROR, "the router refused "
-			       "a record of \"%s\" (status %d); later refusals "
-			       "are not logged", topic, rc);
-	}
+	if (rc != IOTR_OK && !atomic_exchange(&k->emit_error_logged, true))
+		/* The router has counted and logged it (dead letter or lost);
+		 * reading it again would end the same way. */
+		h->log(k->b.inst, IOTR_LOG_ERROR, "the router refused a record "
+		       "of \"%s\" (status %d); later refusals are not logged",
+		       topic, rc);
 	err = rd_kafka_offset_store(m->rkt, m->partition, m->offset);
 	if (err)
 		h->log(k->b.inst, IOTR_LOG_WARNING, "could not store the "
 		       "offset of \"%s\" [%d] at %lld: %s; the record may be "
 		       "read again after a restart", topic, (int)m->partition,
 		       (long long)m->offset, rd_kafka_err2str(err));
+	return true;
 }
 
 static void *kafka_in_main(void *arg)
@@ -185,11 +217,37 @@ static void *kafka_in_main(void *arg)
 			continue;
 		if (m->err)
 			kafka_in_record_error(k, m);
-		else
-			kafka_in_record(k, m);
+		else if (!kafka_in_record(k, m))
+			atomic_store(&k->stop, true);
 		rd_kafka_message_destroy(m);
 	}
 	return NULL;
+}
+
+/* Refuse properties that would commit a record before the router has it,
+ * or never commit at all. */
+static int kafka_in_conf_check(struct kafka_in *k)
+{
+	char v[16];
+	size_t n = sizeof(v);
+
+	if (rd_kafka_conf_get(k->conf, "enable.auto.offset.store", v, &n) ==
+	    RD_KAFKA_CONF_OK && strcmp(v, "true") == 0) {
+		k->b.host->log(k->b.inst, IOTR_LOG_ERROR, "properties: "
+		               "enable.auto.offset.store=true would commit "
+		               "records before the router has them; remove it");
+		return IOTR_EINVAL;
+	}
+	n = sizeof(v);
+	if (rd_kafka_conf_get(k->conf, "enable.auto.commit", v, &n) ==
+	    RD_KAFKA_CONF_OK && strcmp(v, "false") == 0) {
+		k->b.host->log(k->b.inst, IOTR_LOG_ERROR, "properties: "
+		               "enable.auto.commit=false: the kafka input "
+		               "commits through librdkafka's automatic commit, "
+		               "and would commit nothing; remove it");
+		return IOTR_EINVAL;
+	}
+	return IOTR_OK;
 }
 
 static int kafka_in_build_conf(struct kafka_in *k)
@@ -217,7 +275,8 @@ static int kafka_in_build_conf(struct kafka_in *k)
 	                         k->brokers, "brokers")) != IOTR_OK ||
 	    (rc = kafka_conf_set(&k->b, k->conf, "group.id", group,
 	                         "group_id")) != IOTR_OK ||
-	    (rc = kafka_conf_properties(&k->b, k->conf)) != IOTR_OK)
+	    (rc = kafka_conf_properties(&k->b, k->conf)) != IOTR_OK ||
+	    (rc = kafka_in_conf_check(k)) != IOTR_OK)
 		return rc;
 	rd_kafka_conf_set_opaque(k->conf, k);
 	rd_kafka_conf_set_error_cb(k->conf, kafka_in_error_cb);

@@ -689,10 +689,12 @@ static int mqtt_conn_setup(struct mqtt_in *m, size_t i)
 
 	c->mosq = mosquitto_new(c->client_id, m->cc.clean_session, c);
 	if (!c->mosq) {
+		int err = errno;	/* before log() can change it */
+
 		host->log(inst, IOTR_LOG_ERROR, "mosquitto_new failed for client_id "
 		          "\"%s\": %s", c->client_id,
-		          errno == EINVAL ? "invalid client_id" : "out of memory");
-		return errno == EINVAL ? IOTR_EINVAL : IOTR_ENOMEM;
+		          err == EINVAL ? "invalid client_id" : "out of memory");
+		return err == EINVAL ? IOTR_EINVAL : IOTR_ENOMEM;
 	}
 	/* Threaded mode: acks are queued, not written, inside on_message. */
 	mosquitto_threaded_set(c->mosq, true);

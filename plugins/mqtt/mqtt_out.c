@@ -5,7 +5,8 @@
  * Threading: one connection, one libmosquitto handle in threaded mode, and
  * one loop thread (mqtt_out_loop) that connects, runs mosquitto_loop(),
  * backs off and fails over between brokers; every libmosquitto callback
- * runs on it.  deliver() runs on several router workers at once and calls
+ * runs on it, except the log callback, which publishing calls too.
+ * deliver() runs on several router workers at once and calls
  * mosquitto_publish_v5() under `lock`, so messages go out in the order of
  * the calls (per key, the order the router hands them over), and the mid
  * the call returns is entered in `slots` before the loop thread can look
@@ -161,47 +162,35 @@ static void mqtt_out_report(struct mqtt_out *o, iotr_msg *msg, int status,
 	pthread_mutex_unlock(&o->lock);
 }
 
-/* Take every message out of the table (the lock is held); returns them in
- * a list the caller reports and frees. */
-static iotr_msg **mqtt_out_take_all(struct mqtt_out *o, size_t *n)
-{
-	iotr_msg **list;
-	size_t k = 0;
-
-	*n = 0;
-	if (o->in_slots == 0)
-		return NULL;
-	list = malloc(o->in_slots * sizeof(*list));
-	if (!list)
-		return NULL;
-	for (size_t i = 0; i < MQTT_OUT_SLOTS && k < o->in_slots; i++) {
-		if (o->slots[i]) {
-			list[k++] = o->slots[i];
-			o->slots[i] = NULL;
-		}
-	}
-	o->in_slots = 0;
-	*n = k;
-	return list;
-}
-
-/* Report every message still in the table as IOTR_ERETRY; how many. */
+/* Report every message still in the table as IOTR_ERETRY, one at a time
+ * (taken under the lock, reported without it); how many. */
 static size_t mqtt_out_retry_all(struct mqtt_out *o, const char *reason)
 {
-	iotr_msg **list;
-	size_t n;
+	size_t n = 0, i = 0;
 
-	pthread_mutex_lock(&o->lock);
-	list = mqtt_out_take_all(o, &n);
-	pthread_mutex_unlock(&o->lock);
-	for (size_t i = 0; i < n; i++)
-		mqtt_out_report(o, list[i], IOTR_ERETRY, reason);
-	free(list);
-	return n;
+	for (;;) {
+		iotr_msg *msg = NULL;
+
+		pthread_mutex_lock(&o->lock);
+		for (; i < MQTT_OUT_SLOTS && o->in_slots > 0 && !msg; i++) {
+			if ((msg = o->slots[i])) {
+				o->slots[i] = NULL;
+				o->in_slots--;
+			}
+		}
+		pthread_mutex_unlock(&o->lock);
+		if (!msg)
+			return n;
+		mqtt_out_report(o, msg, IOTR_ERETRY, reason);
+		n++;
+	}
 }
 
-/* -- libmosquitto callbacks (loop thread) ----------------------------------- */
+/* -- libmosquitto callbacks (loop thread, but on_log: also deliver()) ------- */
 
+/* Also called from mosquitto_publish_v5() in deliver(), with `lock` held;
+ * it takes no lock.  lib_error is written only for MOSQ_LOG_ERR lines,
+ * which only the loop thread's connection code logs. */
 static void mqtt_out_on_log(struct mosquitto *mosq, void *obj, int level,
                             const char *str)
 {
@@ -369,22 +358,17 @@ static bool mqtt_out_sleep(struct mqtt_out *o, int64_t ms)
  * reconnect; QoS 1 and 2 messages it keeps and sends again). */
 static void mqtt_out_connection_lost(struct mqtt_out *o)
 {
-	iotr_msg **list = NULL;
-	size_t n = 0;
 	char reason[300];
 
 	pthread_mutex_lock(&o->lock);
 	o->connected = false;
-	if (o->qos == 0)
-		list = mqtt_out_take_all(o, &n);
 	pthread_mutex_unlock(&o->lock);
-	if (n == 0)
+	if (o->qos != 0)
 		return;
+	/* deliver() adds none while not connected */
 	snprintf(reason, sizeof(reason), "the connection to MQTT broker %s was "
 	         "lost before this QoS 0 message was sent", mqtt_out_broker(o));
-	for (size_t i = 0; i < n; i++)
-		mqtt_out_report(o, list[i], IOTR_ERETRY, reason);
-	free(list);
+	mqtt_out_retry_all(o, reason);
 }
 
 /* Run the connection until it fails, an attempt times out, or destroy()
@@ -717,7 +701,10 @@ static int mqtt_out_deliver(void *state, iotr_msg *msg)
 		                       "to \"%s\": %s", topic, mosquitto_strerror(rc));
 	default:
 		/* MOSQ_ERR_NO_CONN at QoS 0 (the connection dropped just now),
-		 * MOSQ_ERR_NOMEM: not taken, the router tries again. */
+		 * MOSQ_ERR_NOMEM: not taken, the router tries again.  (At QoS
+		 * 1 and 2 libmosquitto can fail with NOMEM after it queued the
+		 * message, which it then sends too: out of memory, a duplicate
+		 * is possible.) */
 		return IOTR_ERETRY;
 	}
 }
@@ -767,10 +754,12 @@ static int mqtt_out_create(iotr_instance *inst, const struct iotr_host *host,
 	}
 	o->mosq = mosquitto_new(o->cc.client_id, o->cc.clean_session, o);
 	if (!o->mosq) {
+		int err = errno;	/* before log() can change it */
+
 		host->log(inst, IOTR_LOG_ERROR, "mosquitto_new failed for client_id "
 		          "\"%s\": %s", o->cc.client_id,
-		          errno == EINVAL ? "invalid client_id" : "out of memory");
-		rc = errno == EINVAL ? IOTR_EINVAL : IOTR_ENOMEM;
+		          err == EINVAL ? "invalid client_id" : "out of memory");
+		rc = err == EINVAL ? IOTR_EINVAL : IOTR_ENOMEM;
 		goto fail;
 	}
 	/* Threaded mode: deliver() publishes from the router's workers while
@@ -873,10 +862,12 @@ static int mqtt_out_flush(void *state, int64_t deadline_ms)
 	snprintf(reason, sizeof(reason), "MQTT broker %s had not acknowledged "
 	         "it by the flush deadline", mqtt_out_broker(o));
 	n = mqtt_out_retry_all(o, reason);
-	o->host->log(o->inst, IOTR_LOG_WARNING, "%zu messages were not "
-	             "acknowledged by %s by the flush deadline; they were "
-	             "reported for retry (the broker may still get some of them, "
-	             "so they may arrive twice)", n, mqtt_out_broker(o));
+	if (n > 0)	/* else the last reports were being made */
+		o->host->log(o->inst, IOTR_LOG_WARNING, "%zu messages were "
+		             "not acknowledged by %s by the flush deadline; "
+		             "they were reported for retry (the broker may "
+		             "still get some of them, so they may arrive "
+		             "twice)", n, mqtt_out_broker(o));
 	return IOTR_ETIMEDOUT;
 }
 

@@ -21,8 +21,8 @@
  *
  * returning a NULL-terminated array of descriptors, one per kind, all with
  * iotr_plugin_entry()'s name; the config's section (inputs, transforms,
- * outputs) picks one.  A router that predates this symbol sees only
- * iotr_plugin_entry()'s descriptor.  The loader
+ * outputs) picks one.  This came with ABI 1.1, so a 1.0 router refuses
+ * such a plugin as built for a newer minor.  The loader
  * accepts a plugin whose abi_major equals IOTR_ABI_MAJOR and whose abi_minor
  * is at most the router's, and refuses any other with a message naming the
  * file and both versions.

@@ -3,11 +3,27 @@
 # real mosquitto: commands produced to Kafka with kcat, keyed by vehicle, are
 # consumed by the router's kafka input and published by its mqtt output on
 # vehicles/<VIN>/commands.  Checks count, content, per-vehicle order, Kafka
-# headers as MQTT 5 user properties, a record without a key dead-lettered,
-# and that a restarted router goes on after the offsets it committed.
+# headers as MQTT 5 user properties, records without a key or with a key
+# that would add topic levels dead-lettered, that a restarted router goes on
+# after the offsets it committed, and that a property that would commit
+# records early is refused.
 . "$(dirname "$0")/../harness/lib.sh"
 . "$(dirname "$0")/../harness/router.sh"
 tmpdir_setup
+
+# A property that would commit records before the router has them is
+# refused at start-up, naming the fix (no broker needed for that).
+cat >"$TEST_TMPDIR/bad.conf" <<'CONF'
+inputs = ( { name = "cmd"; plugin = "kafka"; brokers = "127.0.0.1:9"; group_id = "g";
+	topics = [ "t" ]; properties = [ "enable.auto.offset.store=true" ]; } );
+outputs = ( { name = "out"; plugin = "stdout"; } );
+routes = ( { match = "t"; topic = "x"; } );
+CONF
+out=$(timeout 30 "$IOTROUTER" -c "$TEST_TMPDIR/bad.conf" -P "$IOTR_PLUGIN_DIR" 2>&1); rc=$?
+assert_eq 1 "$rc" "the router refuses to start with enable.auto.offset.store=true"
+assert_match "properties: enable.auto.offset.store=true would commit records before the router has them; remove it" \
+	"$out" "and says why and what to do"
+
 require_kafka
 start_mosquitto || bail_out "mosquitto did not start"
 run=$(unique_name rev)
@@ -59,6 +75,7 @@ sub_start "$sub"
 
 produce 0 1000
 printf '{"vin":null,"cmd":"no key"}\n' | kcat -P -b "$KAFKA" -t "$topic"
+printf 'VIN01/config|{"cmd":"slash"}\n' | kcat -P -b "$KAFKA" -t "$topic" -K '|'
 router_start "$conf" || bail_out "router did not start"
 
 wait_until 60 '[ "$(grep -c "/commands	" "$sub")" -ge 1000 ]'
@@ -80,9 +97,12 @@ assert_match 'issuer:ops' "$(grep -m1 "/commands	" "$sub" | cut -f2)" \
 wait_until 20 'grep -q "^$run/dead	" "$sub"'
 assert_match '"no key"' "$(grep "^$run/dead	" "$sub")" \
 	"a record without a key (the route needs \${key}) is dead-lettered"
+wait_until 20 'grep -q "^$run/dead	.*slash" "$sub"'
+assert_match "cannot be one topic level" "$(grep "^$run/dead	.*slash" "$sub" | cut -f2)" \
+	"a key with a '/' cannot add topic levels: dead-lettered with the reason"
 
 router_stop
-assert_eq 1001 "$(router_counter commands.received)" "the input counted every record it consumed"
+assert_eq 1002 "$(router_counter commands.received)" "the input counted every record it consumed"
 
 # A restarted router goes on after the offsets it committed: only the new
 # commands are published.

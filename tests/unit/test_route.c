@@ -524,6 +524,24 @@ START_TEST(apply_fails_on_missing_json_field_in_header)
 }
 END_TEST
 
+/* A header's bytes may hold a NUL; a topic made from them would be cut
+ * short and name another topic, so the message fails instead. */
+START_TEST(apply_fails_on_nul_in_topic)
+{
+	struct route *r = route_new("route 'n'", "a/#", "t.${header:x}", NULL,
+	                            0);
+	iotr_msg *msg = msg_new("a/b", "{}", 2);
+
+	ck_assert_int_eq(msg_add_header(msg, "x", "ok\0evil", 7), IOTR_OK);
+	ck_assert_int_eq(route_msg(r, msg), IOTR_FAIL);
+	ck_assert_ptr_nonnull(strstr(msg->error, "route 'n'"));
+	ck_assert_ptr_nonnull(strstr(msg->error, "NUL"));
+	ck_assert_ptr_null(msg->dest);
+	msg_free(msg);
+	route_delete(r);
+}
+END_TEST
+
 static Suite *route_suite(void)
 {
 	Suite *s = suite_create("route");
@@ -558,6 +576,7 @@ static Suite *route_suite(void)
 	tcase_add_test(tc, apply_fails_on_missing_json_field_in_topic);
 	tcase_add_test(tc, apply_fails_on_missing_json_field_in_key);
 	tcase_add_test(tc, apply_fails_on_missing_json_field_in_header);
+	tcase_add_test(tc, apply_fails_on_nul_in_topic);
 	suite_add_tcase(s, tc);
 	return s;
 }

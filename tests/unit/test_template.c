@@ -215,6 +215,13 @@ START_TEST(ref_key)
 	assert_render_fails("vehicles/${key}/cmd", "${key}: message has no key");
 	ck_assert_int_eq(msg_set_key(msg, "VIN-42", 6), IOTR_OK);
 	assert_renders("vehicles/${key}/cmd", "vehicles/VIN-42/cmd");
+	/* a key cannot add levels or wildcards, nor be cut at a NUL */
+	ck_assert_int_eq(msg_set_key(msg, "VIN/config", 10), IOTR_OK);
+	assert_render_fails("vehicles/${key}/cmd", "cannot be one topic level");
+	ck_assert_int_eq(msg_set_key(msg, "#", 1), IOTR_OK);
+	assert_render_fails("vehicles/${key}/cmd", "cannot be one topic level");
+	ck_assert_int_eq(msg_set_key(msg, "VIN\0x", 5), IOTR_OK);
+	assert_render_fails("vehicles/${key}/cmd", "cannot be one topic level");
 
 	use_filter("devices/+key");
 	use_msg("devices/captured", NULL);
