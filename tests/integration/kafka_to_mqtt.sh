@@ -24,7 +24,12 @@ assert_eq 1 "$rc" "the router refuses to start with enable.auto.offset.store=tru
 assert_match "properties: enable.auto.offset.store=true would commit records before the router has them; remove it" \
 	"$out" "and says why and what to do"
 
-require_kafka
+KAFKA=$(kafka_bootstrap)
+if [ -z "$KAFKA" ]; then
+	skip "the reverse path end to end" "no real Kafka broker (IOTR_TEST_KAFKA unset; scripts/test starts one)"
+	tap_done
+	exit
+fi
 start_mosquitto || bail_out "mosquitto did not start"
 run=$(unique_name rev)
 topic=$run.commands
