@@ -535,11 +535,17 @@ size_t msg_size(const iotr_msg *msg)
  * handed over, before any route touched it, so that a replay routes it again
  * under the config of the day.  Little-endian, lengths before bytes:
  *
- *   u8 version (1), u8 qos, u8 retain, u8 0, i64 time_us,
+ *   u8 version (1), u8 qos, u8 retain, u8 flags, i64 time_us,
  *   u16+bytes source instance, u32+bytes topic, u32+bytes payload,
- *   u32 header count, then per header u16+bytes name, u32+bytes value
+ *   u32 header count, then per header u16+bytes name, u32+bytes value,
+ *   then, if flags has MSG_RECORD_KEY, u32+bytes key
+ *
+ * An input may set a key (the kafka input: the record's key).  Records
+ * without one keep flags 0, as every record had before keys were kept, so
+ * a log written by an older router replays unchanged.
  */
 #define MSG_RECORD_VERSION 1
+#define MSG_RECORD_KEY 0x01
 
 int msg_buf_add(struct msg_buf *b, const void *data, size_t len)
 {
@@ -603,7 +609,8 @@ static int put_bytes(struct msg_buf *b, const void *data, size_t len,
 int msg_encode(const iotr_msg *msg, const char *source, struct msg_buf *b)
 {
 	unsigned char head[4] = { MSG_RECORD_VERSION, (unsigned char)msg->qos,
-	                          (unsigned char)msg->retain, 0 };
+	                          (unsigned char)msg->retain,
+	                          msg->key ? MSG_RECORD_KEY : 0 };
 	size_t i;
 
 	b->len = 0;
@@ -620,6 +627,8 @@ int msg_encode(const iotr_msg *msg, const char *source, struct msg_buf *b)
 		              strlen(msg->headers[i].name), 2) ||
 		    put_bytes(b, msg->headers[i].value, msg->headers[i].len, 4))
 			return IOTR_ENOMEM;
+	if (msg->key && put_bytes(b, msg->key, msg->key_len, 4))
+		return IOTR_ENOMEM;
 	return IOTR_OK;
 }
 
@@ -660,12 +669,14 @@ iotr_msg *msg_decode(const void *data, size_t len, char *source,
 	const void *topic, *payload, *src, *name, *value;
 	size_t topic_len, payload_len, src_len, name_len, value_len;
 	uint64_t time_us, n, i;
+	unsigned char flags;
 	char *topic_z;
 	iotr_msg *msg;
 
 	if (len < 12 || r.p[0] != MSG_RECORD_VERSION || r.p[1] > 2 ||
-	    r.p[2] > 1 || r.p[3] != 0)
+	    r.p[2] > 1 || (r.p[3] & ~MSG_RECORD_KEY))
 		return NULL;
+	flags = r.p[3];
 	r.p += 4;
 	if (get_u(&r, 8, &time_us) || get_bytes(&r, 2, &src, &src_len) ||
 	    get_bytes(&r, 4, &topic, &topic_len) ||
@@ -695,6 +706,14 @@ iotr_msg *msg_decode(const void *data, size_t len, char *source,
 		rc = msg_add_header(msg, hname, value, value_len);
 		free(hname);
 		if (rc)
+			goto bad;
+	}
+	if (flags & MSG_RECORD_KEY) {
+		const void *key;
+		size_t key_len;
+
+		if (get_bytes(&r, 4, &key, &key_len) ||
+		    msg_set_key(msg, key, key_len))
 			goto bad;
 	}
 	if (r.p != r.end)

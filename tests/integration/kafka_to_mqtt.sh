@@ -5,8 +5,9 @@
 # vehicles/<VIN>/commands.  Checks count, content, per-vehicle order, Kafka
 # headers as MQTT 5 user properties, records without a key or with a key
 # that would add topic levels dead-lettered, that a restarted router goes on
-# after the offsets it committed, and that a property that would commit
-# records early is refused.
+# after the offsets it committed, that with the write-ahead log kill -9
+# loses no command whose offset was committed, and that a property that
+# would commit records early is refused.
 . "$(dirname "$0")/../harness/lib.sh"
 . "$(dirname "$0")/../harness/router.sh"
 tmpdir_setup
@@ -123,5 +124,32 @@ assert_eq 200 "$(grep -c "/commands	" "$sub2")" \
 assert_eq 0 "$(grep "/commands	" "$sub2" | grep -c '"seq":[0-9]\{1,3\},')" \
 	"none of the commands from before the stop is published again"
 router_stop
+
+# With the write-ahead log, a command the router took is kept across kill -9
+# even though its offset is already committed: the MQTT broker is down, so
+# 300 commands wait in the router; it is killed after Kafka has the offsets;
+# the broker comes back, and the restarted router publishes all 300.
+wal_conf=$(sed -e 's|^router = { |router = { wal_dir = "'"$TEST_TMPDIR"'/wal"; |' \
+	-e 's|topics = \[ "'"$topic"'" \];|&\n\tproperties = [ "auto.commit.interval.ms=200" ];|' \
+	"$conf" | router_config rev-wal)
+kill "$SUB_PID" 2>/dev/null
+stop_mosquitto
+router_start "$wal_conf" || bail_out "router did not start with the write-ahead log"
+produce 2000 300
+wait_until 60 '[ "$(router_live_counter commands.received)" -ge 300 ]'
+assert_eq 300 "$(router_live_counter commands.received)" \
+	"the router took the 300 commands while the MQTT broker was down"
+sleep 2   # several automatic commits
+kill -KILL "$ROUTER_PID" 2>/dev/null
+wait "$ROUTER_PID" 2>/dev/null
+restart_mosquitto || bail_out "mosquitto did not restart"
+sub3=$TEST_TMPDIR/sub3.tsv
+sub_start "$sub3"
+router_start "$wal_conf" || bail_out "router did not restart after kill -9"
+wait_until 60 '[ "$(grep "/commands	" "$sub3" | grep -c "\"seq\":2[0-9][0-9][0-9],")" -ge 300 ]'
+assert_eq 300 "$(grep "/commands	" "$sub3" | sed -E 's/.*"seq":([0-9]+).*/\1/' | awk '$1 >= 2000' | sort -u | wc -l)" \
+	"after kill -9, the write-ahead log delivers all 300 commands"
+router_stop
+assert_eq 0 "$(router_counter router.lost)" "none is lost"
 
 tap_done

@@ -571,6 +571,40 @@ START_TEST(record_round_trip_keeps_what_the_input_gave)
 }
 END_TEST
 
+/* A key an input set (the kafka input: the record's key) survives the log,
+ * bytes and all; a record of a router that kept no keys still reads. */
+START_TEST(record_keeps_the_inputs_key)
+{
+	iotr_msg *msg = msg_new("vehicle.commands", "{}", 2), *back;
+	struct msg_buf b = { 0 };
+
+	ck_assert_int_eq(msg_set_key(msg, "VIN\0\x01", 5), IOTR_OK);
+	ck_assert_int_eq(msg_encode(msg, "commands", &b), IOTR_OK);
+	ck_assert_ptr_nonnull(back = msg_decode(b.data, b.len, NULL, 0));
+	ck_assert_uint_eq(back->key_len, 5);
+	ck_assert_mem_eq(back->key, "VIN\0\x01", 5);
+	msg_free(back);
+	/* every truncation is refused, also inside the key */
+	for (size_t cut = 0; cut < b.len; cut++)
+		ck_assert_ptr_null(msg_decode(b.data, cut, NULL, 0));
+	/* an unknown flag is refused */
+	b.data[3] |= 0x80;
+	ck_assert_ptr_null(msg_decode(b.data, b.len, NULL, 0));
+	msg_free(msg);
+	free(b.data);
+
+	/* without a key: flags 0, the layout of the first records */
+	msg = msg_new("a/b", "p", 1);
+	ck_assert_int_eq(msg_encode(msg, "in", &b), IOTR_OK);
+	ck_assert_int_eq(b.data[3], 0);
+	ck_assert_ptr_nonnull(back = msg_decode(b.data, b.len, NULL, 0));
+	ck_assert_ptr_null(back->key);
+	msg_free(back);
+	msg_free(msg);
+	free(b.data);
+}
+END_TEST
+
 START_TEST(record_damaged_is_refused)
 {
 	iotr_msg *msg = msg_new("a/b", "payload", 7);
@@ -613,6 +647,7 @@ static Suite *msg_suite(void)
 
 	tc = tcase_create("records");
 	tcase_add_test(tc, record_round_trip_keeps_what_the_input_gave);
+	tcase_add_test(tc, record_keeps_the_inputs_key);
 	tcase_add_test(tc, record_damaged_is_refused);
 	suite_add_tcase(s, tc);
 
