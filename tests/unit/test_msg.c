@@ -592,6 +592,7 @@ START_TEST(record_keeps_the_inputs_key)
 	ck_assert_ptr_null(msg_decode(b.data, b.len, NULL, 0));
 	msg_free(msg);
 	free(b.data);
+	b = (struct msg_buf){ 0 };
 
 	/* without a key: flags 0, the layout of the first records */
 	msg = msg_new("a/b", "p", 1);
