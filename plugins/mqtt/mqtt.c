@@ -419,13 +419,7 @@ static bool mqtt_sleep(struct mqtt_in *m, int64_t ms)
 	struct timespec until;
 	bool stop;
 
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += ms / 1000;
-	until.tv_nsec += (ms % 1000) * 1000000;
-	if (until.tv_nsec >= 1000000000) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000;
-	}
+	mqttconn_deadline(&until, ms);
 	pthread_mutex_lock(&m->lock);
 	while (!m->stop_requested &&
 	       pthread_cond_timedwait(&m->cond, &m->lock, &until) != ETIMEDOUT)
@@ -435,8 +429,14 @@ static bool mqtt_sleep(struct mqtt_in *m, int64_t ms)
 	return !stop;
 }
 
-/* Run the connection to the current broker until it fails, an attempt times
- * out, or stop() is called (then disconnect cleanly). */
+/* Whether bytes wait on the socket. */
+static bool mqtt_readable(int fd)
+{
+	int n = 0;
+
+	return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
 /*
  * One round of a plain TCP connection's network loop, once its session is
  * up: wait for the socket, read every packet that is there, write what is
@@ -453,14 +453,6 @@ static bool mqtt_sleep(struct mqtt_in *m, int64_t ms)
  * TLS connections keep mosquitto_loop(), which also drives the handshake
  * and data buffered inside the TLS library.
  */
-/* Whether bytes wait on the socket. */
-static bool mqtt_readable(int fd)
-{
-	int n = 0;
-
-	return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
-}
-
 static int mqtt_loop_plain(struct mqtt_conn *c)
 {
 	struct pollfd pfd = { .fd = mosquitto_socket(c->mosq), .events = POLLIN };
@@ -493,6 +485,8 @@ static int mqtt_loop_plain(struct mqtt_conn *c)
 	return mosquitto_loop_misc(c->mosq);
 }
 
+/* Run the connection to the current broker until it fails, an attempt times
+ * out, or stop() is called (then disconnect cleanly). */
 static void mqtt_run_connection(struct mqtt_conn *c)
 {
 	struct mqtt_in *m = c->m;
@@ -806,13 +800,7 @@ static int mqtt_start(void *state)
 	 * subscriptions are normally in place when the router reports it has
 	 * started; a broker that is down is not a reason to fail, the loops
 	 * keep trying. */
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += m->cc.connect_timeout_ms / 1000;
-	until.tv_nsec += (m->cc.connect_timeout_ms % 1000) * 1000000;
-	if (until.tv_nsec >= 1000000000) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000;
-	}
+	mqttconn_deadline(&until, m->cc.connect_timeout_ms);
 	pthread_mutex_lock(&m->lock);
 	for (;;) {
 		for (answered = 0, i = 0; i < m->n_conns; i++)
