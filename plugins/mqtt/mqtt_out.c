@@ -122,6 +122,7 @@ struct mqtt_out {
 	iotr_counter *published, *delivered, *failed, *retried;
 	iotr_counter *connects, *disconnects, *waits, *headers_skipped;
 	atomic_bool header_logged;
+	atomic_bool retain_logged;
 };
 
 static const char *mqtt_out_broker(struct mqtt_out *o)
@@ -208,6 +209,7 @@ static void mqtt_out_on_connect(struct mosquitto *mosq, void *obj, int rc,
 {
 	struct mqtt_out *o = obj;
 	uint32_t max_packet = 0;
+	uint8_t retain_available = 1;
 
 	(void)mosq;
 	if (rc == 0) {
@@ -216,6 +218,16 @@ static void mqtt_out_on_connect(struct mosquitto *mosq, void *obj, int rc,
 		o->host->counter_add(o->connects, 1);
 		mosquitto_property_read_int32(props, MQTT_PROP_MAXIMUM_PACKET_SIZE,
 		                              &max_packet, false);
+		/* libmosquitto then clears the flag of each publish silently */
+		mosquitto_property_read_byte(props, MQTT_PROP_RETAIN_AVAILABLE,
+		                             &retain_available, false);
+		if (o->retain && !retain_available &&
+		    !atomic_exchange(&o->retain_logged, true))
+			o->host->log(o->inst, IOTR_LOG_WARNING, "retain = true, "
+			             "but %s does not keep retained messages "
+			             "(MQTT 5 Retain Available is 0): messages are "
+			             "published without the flag",
+			             mqtt_out_broker(o));
 		o->host->log(o->inst, IOTR_LOG_NOTICE,
 		             "connected to %s as \"%s\" (%s, %s)", mqtt_out_broker(o),
 		             o->cc.client_id, mqttconn_protocol_name(o->cc.protocol),

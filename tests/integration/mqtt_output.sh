@@ -155,4 +155,28 @@ assert_eq "$received" "$(router_counter router.delivered)" "and every one delive
 assert_eq "$received" "$(router_counter out.delivered)" "each acknowledged by the broker"
 assert_eq 0 "$(router_counter router.lost)" "none lost"
 
+# retain = true against a broker that keeps no retained messages (MQTT 5
+# Retain Available 0): said once at connect, and messages still go out.
+start_mosquitto "$TEST_TMPDIR/noretain" "retain_available false" ||
+	bail_out "the broker without retain did not start"
+sub_nr=$TEST_TMPDIR/noretain.tsv
+mqtt_sub -V mqttv5 -q 1 -t 'out/#' -F '%t %r %p' >"$sub_nr" 2>&1 &
+register_pid $!
+conf=$(router_config noretain <<'CONF'
+inputs = ( { name = "in"; plugin = "mqtt"; port = @MQTT_PORT@; client_id = "nr-in";
+	topics = [ "in/#" ]; qos = 1; } );
+outputs = ( { name = "out"; plugin = "mqtt"; port = @MQTT_PORT@; client_id = "nr-out";
+	protocol = "5"; qos = 1; retain = true; } );
+routes = ( { match = "in/+dev"; topic = "out/${dev}"; } );
+CONF
+)
+router_start "$conf" || bail_out "router did not start against the broker without retain"
+mqtt_pub -q 1 -t in/d1 -m 'kept?'
+wait_until 20 'grep -q "^out/d1 " "$sub_nr"'
+assert_match "^out/d1 0 kept\?" "$(cat "$sub_nr")" \
+	"with Retain Available 0 the message is published, without the flag"
+assert_match "retain = true, but 127.0.0.1:$MQTT_PORT does not keep retained messages" \
+	"$(cat "$ROUTER_LOG")" "and the router says why the flag is gone"
+router_stop
+
 tap_done
