@@ -7,12 +7,13 @@
  * Threading: create(), start(), stop() and destroy() run on the router's
  * thread.  The instance has `connections` MQTT connections (struct
  * mqtt_conn), each with its own client id, mosquitto handle and loop thread,
- * mqtt_loop(), which owns that handle from start() until stop() joins it: it
- * connects, runs mosquitto_loop(), backs off, fails over between brokers and
- * disconnects.  Every libmosquitto callback of a connection, and so every
- * host->emit() of its messages, runs on that connection's thread; the
- * threads share only the read-only configuration, the counters (atomic, in
- * the host), the fields under "guarded by lock" and two atomic flags.
+ * mqttconn_run(), which owns that handle from start() until stop() joins it:
+ * it connects, runs the network loop (mqtt_loop_once), backs off, fails over
+ * between brokers and disconnects.  Every libmosquitto callback of a
+ * connection, and so every host->emit() of its messages, runs on that
+ * connection's thread; the threads share only the read-only configuration,
+ * the counters (atomic, in the host), the fields under "guarded by lock"
+ * and two atomic flags.
  *
  * Delivery: the handles are in threaded mode, so the PUBACK/PUBREC of a
  * message is only queued while on_message runs and reaches the socket after
@@ -84,10 +85,9 @@ struct mqtt_in;
 struct mqtt_conn {
 	struct mqtt_in *m;      /* the instance it belongs to; borrowed */
 	char *client_id;        /* client_id for the first, "<client_id>-<i>" */
-	const char *tag;        /* "" with one connection, else " as \"client_id\"",
-	                           to tell the connections apart in the log */
-	char *tag_buf;
-	struct mosquitto *mosq;
+	char *tag_buf;          /* s.tag with more than one connection:
+	                           " as \"client_id\"", to tell them apart in
+	                           the log */
 	int *sub_mid;           /* message id of each topic's SUBSCRIBE */
 
 	/* Guarded by m->lock. */
@@ -97,15 +97,11 @@ struct mqtt_conn {
 	pthread_t thread;
 	bool thread_running;
 
+	/* The handle and the loop state (mqttconn.h). */
+	struct mqttconn_session s;
+
 	/* Loop thread only (and the callbacks, which run on it). */
-	size_t cur;             /* the broker being tried */
-	int64_t up_since;       /* when the current connection got its CONNACK,
-	                           0 if it has not */
-	bool session_up;        /* connected and not yet disconnected */
 	bool had_session;       /* a persistent session was set up before */
-	int fail_level;         /* log level for the current attempt's failure */
-	char fail_reason[512];  /* why the current attempt failed, "" if unknown */
-	char lib_error[256];    /* libmosquitto's last error log line */
 };
 
 struct mqtt_in {
@@ -140,31 +136,6 @@ struct mqtt_in {
 	atomic_bool emit_error_logged;
 };
 
-/* Reason text of a libmosquitto return code; err is errno as it was right
- * after the failing call. */
-static void mqtt_describe_rc(struct mqtt_conn *c, char *buf, size_t size,
-                             int rc, int err)
-{
-	mqttconn_describe_rc(buf, size, rc, err, c->lib_error);
-}
-
-static void mqtt_fail(struct mqtt_conn *c, int level, const char *fmt, ...)
-	IOTR_PRINTF(3, 4);
-
-/* Record why the current connection attempt failed; the first reason wins
- * because later ones are consequences (a refused CONNACK closes the socket). */
-static void mqtt_fail(struct mqtt_conn *c, int level, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (c->fail_reason[0])
-		return;
-	c->fail_level = level;
-	va_start(ap, fmt);
-	vsnprintf(c->fail_reason, sizeof(c->fail_reason), fmt, ap);
-	va_end(ap);
-}
-
 /* -- libmosquitto callbacks (loop thread) ----------------------------------- */
 
 static void mqtt_on_log(struct mosquitto *mosq, void *obj, int level,
@@ -177,19 +148,19 @@ static void mqtt_on_log(struct mosquitto *mosq, void *obj, int level,
 	/* libmosquitto reports TLS failures only through its log; keep the
 	 * last error line to explain the next failed attempt. */
 	if (level & MOSQ_LOG_ERR)
-		snprintf(c->lib_error, sizeof(c->lib_error), "%s", str);
+		snprintf(c->s.lib_error, sizeof(c->s.lib_error), "%s", str);
 	if (m->host->log_enabled(m->inst, IOTR_LOG_DEBUG))
 		m->host->log(m->inst, IOTR_LOG_DEBUG, "libmosquitto%s: %s",
-		             c->tag, str);
+		             c->s.tag, str);
 }
 
 static void mqtt_subscribe_all(struct mqtt_conn *c)
 {
 	struct mqtt_in *m = c->m;
-	const struct mqttconn_broker *b = &m->cc.brokers[c->cur];
+	const struct mqttconn_broker *b = &m->cc.brokers[c->s.cur];
 
 	for (size_t i = 0; i < m->n_topics; i++) {
-		int rc = mosquitto_subscribe_v5(c->mosq, &c->sub_mid[i],
+		int rc = mosquitto_subscribe_v5(c->s.mosq, &c->sub_mid[i],
 		                                m->topics[i], m->qos[i], 0, NULL);
 		if (rc != MOSQ_ERR_SUCCESS) {
 			char text[128];
@@ -199,7 +170,7 @@ static void mqtt_subscribe_all(struct mqtt_conn *c)
 			m->host->log(m->inst, IOTR_LOG_ERROR,
 			             "cannot subscribe to \"%s\" on %s%s: %s; "
 			             "it is retried on the next reconnect",
-			             m->topics[i], b->name, c->tag, text);
+			             m->topics[i], b->name, c->s.tag, text);
 		}
 	}
 }
@@ -209,13 +180,13 @@ static void mqtt_on_connect(struct mosquitto *mosq, void *obj, int rc,
 {
 	struct mqtt_conn *c = obj;
 	struct mqtt_in *m = c->m;
-	const struct mqttconn_broker *b = &m->cc.brokers[c->cur];
+	const struct mqttconn_broker *b = &m->cc.brokers[c->s.cur];
 
 	(void)mosq;
 	(void)props;
 	if (rc == 0) {
-		c->up_since = mqttconn_now_ms();
-		c->session_up = true;
+		c->s.up_since = mqttconn_now_ms();
+		c->s.session_up = true;
 		m->host->counter_add(m->connects, 1);
 		m->host->log(m->inst, IOTR_LOG_NOTICE,
 		             "connected to %s as \"%s\" (%s, %s)", b->name,
@@ -236,7 +207,7 @@ static void mqtt_on_connect(struct mosquitto *mosq, void *obj, int rc,
 		int level = mqttconn_connack_failure(&m->cc, rc, c->client_id, why,
 		                                     sizeof(why));
 
-		mqtt_fail(c, level, "%s", why);
+		mqttconn_fail(&c->s, level, "%s", why);
 	}
 
 	pthread_mutex_lock(&m->lock);
@@ -250,25 +221,11 @@ static void mqtt_on_disconnect(struct mosquitto *mosq, void *obj, int rc,
 {
 	int err = errno;
 	struct mqtt_conn *c = obj;
-	char why[300];
 
 	(void)mosq;
 	(void)props;
-	if (c->session_up) {
-		c->session_up = false;
+	if (mqttconn_session_ended(&c->s, rc, err))
 		c->m->host->counter_add(c->m->disconnects, 1);
-	}
-	/* rc is a MOSQ_ERR_* code, except after a DISCONNECT packet from an
-	 * MQTT 5 broker, when it is that packet's reason code (0x80 and up). */
-	if (rc == 0)
-		mqtt_fail(c, IOTR_LOG_NOTICE, "disconnected on request");
-	else if (rc >= 0x80)
-		mqtt_fail(c, IOTR_LOG_WARNING, "the broker closed the connection: %s",
-		          mosquitto_reason_string(rc));
-	else {
-		mqtt_describe_rc(c, why, sizeof(why), rc, err);
-		mqtt_fail(c, IOTR_LOG_WARNING, "%s", why);
-	}
 }
 
 static void mqtt_on_subscribe(struct mosquitto *mosq, void *obj, int mid,
@@ -277,7 +234,7 @@ static void mqtt_on_subscribe(struct mosquitto *mosq, void *obj, int mid,
 {
 	struct mqtt_conn *c = obj;
 	struct mqtt_in *m = c->m;
-	const struct mqttconn_broker *b = &m->cc.brokers[c->cur];
+	const struct mqttconn_broker *b = &m->cc.brokers[c->s.cur];
 	size_t i;
 
 	(void)mosq;
@@ -292,7 +249,7 @@ static void mqtt_on_subscribe(struct mosquitto *mosq, void *obj, int mid,
 		m->host->log(m->inst, IOTR_LOG_ERROR,
 		             "%s refused the subscription to \"%s\"%s: %s; check "
 		             "the filter and the broker's ACL for user \"%s\"",
-		             b->name, m->topics[i], c->tag,
+		             b->name, m->topics[i], c->s.tag,
 		             m->cc.protocol == MQTT_PROTOCOL_V5
 		             ? mosquitto_reason_string(granted[0]) : "Failure",
 		             m->cc.username ? m->cc.username : "(anonymous)");
@@ -300,10 +257,11 @@ static void mqtt_on_subscribe(struct mosquitto *mosq, void *obj, int mid,
 		m->host->log(m->inst, IOTR_LOG_WARNING,
 		             "%s granted QoS %d for \"%s\"%s (asked for %d); "
 		             "messages on it arrive with at most QoS %d", b->name,
-		             granted[0], m->topics[i], c->tag, m->qos[i], granted[0]);
+		             granted[0], m->topics[i], c->s.tag, m->qos[i],
+		             granted[0]);
 	} else {
 		m->host->log(m->inst, IOTR_LOG_NOTICE, "subscribed to \"%s\" "
-		             "(QoS %d)%s", m->topics[i], granted[0], c->tag);
+		             "(QoS %d)%s", m->topics[i], granted[0], c->s.tag);
 	}
 }
 
@@ -393,7 +351,7 @@ static void mqtt_on_message(struct mosquitto *mosq, void *obj,
 			h->log(m->inst, IOTR_LOG_WARNING, "the router is shutting "
 			       "down and refused a message on \"%s\" from %s (it "
 			       "counts it as lost); later refusals are not logged",
-			       mm->topic, m->cc.brokers[c->cur].name);
+			       mm->topic, m->cc.brokers[c->s.cur].name);
 	} else if (rc != IOTR_OK && !atomic_exchange(&m->emit_error_logged, true)) {
 		h->log(m->inst, IOTR_LOG_ERROR, "the router refused a message on "
 		       "\"%s\" (status %d); later refusals are not logged",
@@ -402,32 +360,6 @@ static void mqtt_on_message(struct mosquitto *mosq, void *obj,
 }
 
 /* -- the loop thread ----------------------------------------------------------- */
-
-static bool mqtt_stop_requested(struct mqtt_in *m)
-{
-	bool stop;
-
-	pthread_mutex_lock(&m->lock);
-	stop = m->stop_requested;
-	pthread_mutex_unlock(&m->lock);
-	return stop;
-}
-
-/* Sleep for ms, or less if stop() is called; false if it was. */
-static bool mqtt_sleep(struct mqtt_in *m, int64_t ms)
-{
-	struct timespec until;
-	bool stop;
-
-	mqttconn_deadline(&until, ms);
-	pthread_mutex_lock(&m->lock);
-	while (!m->stop_requested &&
-	       pthread_cond_timedwait(&m->cond, &m->lock, &until) != ETIMEDOUT)
-		;
-	stop = m->stop_requested;
-	pthread_mutex_unlock(&m->lock);
-	return !stop;
-}
 
 /* Whether bytes wait on the socket. */
 static bool mqtt_readable(int fd)
@@ -453,144 +385,51 @@ static bool mqtt_readable(int fd)
  * TLS connections keep mosquitto_loop(), which also drives the handshake
  * and data buffered inside the TLS library.
  */
-static int mqtt_loop_plain(struct mqtt_conn *c)
+static int mqtt_loop_plain(struct mosquitto *mosq)
 {
-	struct pollfd pfd = { .fd = mosquitto_socket(c->mosq), .events = POLLIN };
+	struct pollfd pfd = { .fd = mosquitto_socket(mosq), .events = POLLIN };
 	int i, rc;
 
 	if (pfd.fd < 0)
 		return MOSQ_ERR_NO_CONN;
-	if (mosquitto_want_write(c->mosq))
+	if (mosquitto_want_write(mosq))
 		pfd.events |= POLLOUT;
 	if (poll(&pfd, 1, MQTT_LOOP_MS) < 0)
 		return errno == EINTR ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ERRNO;
 	if (pfd.revents & (POLLIN | POLLERR | POLLHUP)) {
 		for (i = 0; i < MQTT_READ_BATCH; i++) {
 			errno = 0;
-			rc = mosquitto_loop_read(c->mosq, 1);
+			rc = mosquitto_loop_read(mosq, 1);
 			if (rc != MOSQ_ERR_SUCCESS)
 				return rc;
-			if (mosquitto_socket(c->mosq) < 0)
+			if (mosquitto_socket(mosq) < 0)
 				break;
 			if ((errno == EAGAIN || errno == EWOULDBLOCK) &&
 			    !mqtt_readable(pfd.fd))
 				break;
 		}
 	}
-	if (mosquitto_socket(c->mosq) >= 0 && mosquitto_want_write(c->mosq)) {
-		rc = mosquitto_loop_write(c->mosq, 1);
+	if (mosquitto_socket(mosq) >= 0 && mosquitto_want_write(mosq)) {
+		rc = mosquitto_loop_write(mosq, 1);
 		if (rc != MOSQ_ERR_SUCCESS)
 			return rc;
 	}
-	return mosquitto_loop_misc(c->mosq);
+	return mosquitto_loop_misc(mosq);
 }
 
-/* Run the connection to the current broker until it fails, an attempt times
- * out, or stop() is called (then disconnect cleanly). */
-static void mqtt_run_connection(struct mqtt_conn *c)
+/* One round of the network loop: mqtt_loop_plain() once a plain TCP
+ * session is up. */
+static int mqtt_loop_once(struct mqttconn_session *s)
 {
-	struct mqtt_in *m = c->m;
-	int64_t started = mqttconn_now_ms();
-	int rc;
-
-	for (;;) {
-		if (mqtt_stop_requested(m)) {
-			if (!c->session_up)
-				return;
-			/* Queued PUBACKs go out before the DISCONNECT; bound the wait
-			 * in case the network is gone. */
-			rc = mosquitto_disconnect_v5(c->mosq, MQTT_RC_NORMAL_DISCONNECTION,
-			                             NULL);
-			started = mqttconn_now_ms();
-			while (rc == MOSQ_ERR_SUCCESS && c->session_up &&
-			       mqttconn_now_ms() - started < m->cc.connect_timeout_ms)
-				rc = mosquitto_loop(c->mosq, MQTT_LOOP_MS, 1);
-			return;
-		}
-		if (c->session_up && !c->m->cc.tls)
-			rc = mqtt_loop_plain(c);
-		else
-			rc = mosquitto_loop(c->mosq, MQTT_LOOP_MS, 1);
-		if (rc != MOSQ_ERR_SUCCESS) {
-			char why[300];
-
-			mqtt_describe_rc(c, why, sizeof(why), rc, errno);
-			mqtt_fail(c, IOTR_LOG_WARNING, "%s", why);
-			return;
-		}
-		if (!c->up_since && mqttconn_now_ms() - started >= m->cc.connect_timeout_ms) {
-			/* The next connect call closes this socket. */
-			mqtt_fail(c, IOTR_LOG_WARNING, "no CONNACK within %" PRId64
-			          " ms (connect_timeout_ms)", m->cc.connect_timeout_ms);
-			return;
-		}
-	}
+	if (s->session_up && !s->cc->tls)
+		return mqtt_loop_plain(s->mosq);
+	return mosquitto_loop(s->mosq, MQTT_LOOP_MS, 1);
 }
 
-static void *mqtt_loop(void *arg)
-{
-	struct mqtt_conn *c = arg;
-	struct mqtt_in *m = c->m;
-	int64_t delay = m->cc.reconnect_min_ms;
-
-	while (!mqtt_stop_requested(m)) {
-		const struct mqttconn_broker *b = &m->cc.brokers[c->cur];
-		int rc;
-
-		c->up_since = 0;
-		c->session_up = false;
-		c->fail_level = IOTR_LOG_WARNING;
-		c->fail_reason[0] = '\0';
-		c->lib_error[0] = '\0';
-
-		rc = mosquitto_connect_bind_async(c->mosq, b->host, b->port,
-		                                  m->cc.keepalive, NULL);
-		if (rc == MOSQ_ERR_SUCCESS) {
-			mqtt_run_connection(c);
-		} else {
-			char why[300];
-
-			mqtt_describe_rc(c, why, sizeof(why), rc, errno);
-			mqtt_fail(c, IOTR_LOG_WARNING, "%s", why);
-		}
-
-		if (c->up_since) {
-			int64_t up = mqttconn_now_ms() - c->up_since;
-
-			if (mqtt_stop_requested(m)) {
-				m->host->log(m->inst, IOTR_LOG_NOTICE,
-				             "disconnected from %s%s (stopping)", b->name,
-				             c->tag);
-				break;
-			}
-			/* A connection that stayed up a while starts the back-off
-			 * afresh; one that keeps dropping (say, another client with
-			 * the same client_id) keeps backing off. */
-			if (up >= m->cc.reconnect_max_ms)
-				delay = m->cc.reconnect_min_ms;
-			m->host->log(m->inst, IOTR_LOG_NOTICE,
-			             "disconnected from %s%s: %s; reconnecting in %"
-			             PRId64 " ms", b->name, c->tag,
-			             c->fail_reason[0] ? c->fail_reason : "unknown reason",
-			             delay);
-		} else {
-			if (mqtt_stop_requested(m))
-				break;
-			c->cur = (c->cur + 1) % m->cc.n_brokers;
-			m->host->log(m->inst, c->fail_level,
-			             "cannot connect to %s%s: %s; next attempt in %" PRId64
-			             " ms%s%s", b->name, c->tag,
-			             c->fail_reason[0] ? c->fail_reason : "unknown reason",
-			             delay, m->cc.n_brokers > 1 ? " to " : "",
-			             m->cc.n_brokers > 1 ? m->cc.brokers[c->cur].name : "");
-		}
-		if (!mqtt_sleep(m, delay))
-			break;
-		delay = delay * 2 > m->cc.reconnect_max_ms ? m->cc.reconnect_max_ms
-		                                        : delay * 2;
-	}
-	return NULL;
-}
+static const struct mqttconn_session_ops mqtt_session_ops = {
+	.loop_ms = MQTT_LOOP_MS,
+	.loop_once = mqtt_loop_once,
+};
 
 /* -- configuration ------------------------------------------------------------- */
 
@@ -663,7 +502,8 @@ static int mqtt_conn_setup(struct mqtt_in *m, size_t i)
 	int rc;
 
 	c->m = m;
-	c->tag = "";
+	mqttconn_session_init(&c->s, &m->cc, &mqtt_session_ops, c, &m->lock,
+	                      &m->cond, &m->stop_requested);
 	if (i == 0)
 		c->client_id = strdup(m->cc.client_id);
 	else if (asprintf(&c->client_id, "%s-%zu", m->cc.client_id, i) < 0)
@@ -676,13 +516,13 @@ static int mqtt_conn_setup(struct mqtt_in *m, size_t i)
 			c->tag_buf = NULL;
 			return IOTR_ENOMEM;
 		}
-		c->tag = c->tag_buf;
+		c->s.tag = c->tag_buf;
 	}
 	for (size_t t = 0; t < m->n_topics; t++)
 		c->sub_mid[t] = -1;
 
-	c->mosq = mosquitto_new(c->client_id, m->cc.clean_session, c);
-	if (!c->mosq) {
+	c->s.mosq = mosquitto_new(c->client_id, m->cc.clean_session, c);
+	if (!c->s.mosq) {
 		int err = errno;	/* before log() can change it */
 
 		host->log(inst, IOTR_LOG_ERROR, "mosquitto_new failed for client_id "
@@ -691,24 +531,24 @@ static int mqtt_conn_setup(struct mqtt_in *m, size_t i)
 		return err == EINVAL ? IOTR_EINVAL : IOTR_ENOMEM;
 	}
 	/* Threaded mode: acks are queued, not written, inside on_message. */
-	mosquitto_threaded_set(c->mosq, true);
-	mosquitto_int_option(c->mosq, MOSQ_OPT_PROTOCOL_VERSION, m->cc.protocol);
-	mosquitto_int_option(c->mosq, MOSQ_OPT_RECEIVE_MAXIMUM,
+	mosquitto_threaded_set(c->s.mosq, true);
+	mosquitto_int_option(c->s.mosq, MOSQ_OPT_PROTOCOL_VERSION, m->cc.protocol);
+	mosquitto_int_option(c->s.mosq, MOSQ_OPT_RECEIVE_MAXIMUM,
 	                     (int)host->param_int(inst, "receive_maximum"));
 
 	/* Credentials, TLS and the session expiry; the warnings that are the
 	 * same for every connection are logged by the first one only. */
-	if ((rc = mqttconn_setup_handle(&m->cc, c->mosq, i == 0)) != IOTR_OK)
+	if ((rc = mqttconn_setup_handle(&m->cc, c->s.mosq, i == 0)) != IOTR_OK)
 		return rc;
 
 	/* The log callback costs a formatted string per packet: only pay for it
 	 * where it explains failures (TLS) or someone reads debug output. */
 	if (m->cc.tls || host->log_enabled(inst, IOTR_LOG_DEBUG))
-		mosquitto_log_callback_set(c->mosq, mqtt_on_log);
-	mosquitto_connect_v5_callback_set(c->mosq, mqtt_on_connect);
-	mosquitto_disconnect_v5_callback_set(c->mosq, mqtt_on_disconnect);
-	mosquitto_subscribe_v5_callback_set(c->mosq, mqtt_on_subscribe);
-	mosquitto_message_v5_callback_set(c->mosq, mqtt_on_message);
+		mosquitto_log_callback_set(c->s.mosq, mqtt_on_log);
+	mosquitto_connect_v5_callback_set(c->s.mosq, mqtt_on_connect);
+	mosquitto_disconnect_v5_callback_set(c->s.mosq, mqtt_on_disconnect);
+	mosquitto_subscribe_v5_callback_set(c->s.mosq, mqtt_on_subscribe);
+	mosquitto_message_v5_callback_set(c->s.mosq, mqtt_on_message);
 	return IOTR_OK;
 }
 
@@ -783,12 +623,12 @@ static int mqtt_start(void *state)
 		struct mqtt_conn *c = &m->conns[i];
 
 		c->first_connack = false;
-		rc = pthread_create(&c->thread, NULL, mqtt_loop, c);
+		rc = pthread_create(&c->thread, NULL, mqttconn_run, &c->s);
 		if (rc != 0) {
 			char ebuf[128];
 
 			m->host->log(m->inst, IOTR_LOG_ERROR, "cannot start the MQTT "
-			             "thread%s: %s", c->tag,
+			             "thread%s: %s", c->s.tag,
 			             strerror_r(rc, ebuf, sizeof(ebuf)));
 			mqtt_stop(m);
 			return IOTR_FAIL;
@@ -860,8 +700,8 @@ static void mqtt_destroy(void *state)
 		for (size_t i = 0; i < m->n_conns; i++) {
 			struct mqtt_conn *c = &m->conns[i];
 
-			if (c->mosq)
-				mosquitto_destroy(c->mosq);
+			if (c->s.mosq)
+				mosquitto_destroy(c->s.mosq);
 			free(c->client_id);
 			free(c->tag_buf);
 			free(c->sub_mid);

@@ -3,7 +3,7 @@
  * (the reverse path: Kafka to MQTT, e.g. commands to vehicles).
  *
  * Threading: one connection, one libmosquitto handle in threaded mode, and
- * one loop thread (mqtt_out_loop) that connects, runs mosquitto_loop(),
+ * one loop thread (mqttconn_run) that connects, runs mosquitto_loop(),
  * backs off and fails over between brokers; every libmosquitto callback
  * runs on it, except the log callback, which publishing calls too.
  * deliver() runs on several router workers at once and calls
@@ -92,8 +92,6 @@ struct mqtt_out {
 	bool headers_as_properties;   /* and MQTT 5 */
 	size_t max_inflight;
 
-	struct mosquitto *mosq;
-
 	/* Router's thread only. */
 	pthread_t thread;
 	bool thread_running;
@@ -110,14 +108,9 @@ struct mqtt_out {
 	size_t outstanding;     /* accepted; delivered() not yet returned */
 	uint32_t max_packet;    /* the broker's Maximum Packet Size, 0: none */
 
-	/* Loop thread only (and the callbacks, which run on it), except cur,
-	 * which deliver() reads to name the broker. */
-	atomic_size_t cur;      /* the broker being tried */
-	int64_t up_since;       /* when the connection got its CONNACK, or 0 */
-	bool session_up;        /* connected and not yet disconnected */
-	int fail_level;
-	char fail_reason[512];
-	char lib_error[256];
+	/* The handle and the loop state (mqttconn.h); deliver() publishes with
+	 * s.mosq under lock and reads s.cur to name the broker. */
+	struct mqttconn_session s;
 
 	iotr_counter *published, *delivered, *failed, *retried;
 	iotr_counter *connects, *disconnects, *waits, *headers_skipped;
@@ -127,24 +120,7 @@ struct mqtt_out {
 
 static const char *mqtt_out_broker(struct mqtt_out *o)
 {
-	return o->cc.brokers[atomic_load(&o->cur)].name;
-}
-
-static void mqtt_out_fail(struct mqtt_out *o, int level, const char *fmt, ...)
-	IOTR_PRINTF(3, 4);
-
-/* Record why the current connection attempt failed; the first reason wins
- * because later ones are consequences (a refused CONNACK closes the socket). */
-static void mqtt_out_fail(struct mqtt_out *o, int level, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (o->fail_reason[0])
-		return;
-	o->fail_level = level;
-	va_start(ap, fmt);
-	vsnprintf(o->fail_reason, sizeof(o->fail_reason), fmt, ap);
-	va_end(ap);
+	return o->cc.brokers[atomic_load(&o->s.cur)].name;
 }
 
 /* Report a message; counts it.  Never with the lock held. */
@@ -199,7 +175,7 @@ static void mqtt_out_on_log(struct mosquitto *mosq, void *obj, int level,
 
 	(void)mosq;
 	if (level & MOSQ_LOG_ERR)
-		snprintf(o->lib_error, sizeof(o->lib_error), "%s", str);
+		snprintf(o->s.lib_error, sizeof(o->s.lib_error), "%s", str);
 	if (o->host->log_enabled(o->inst, IOTR_LOG_DEBUG))
 		o->host->log(o->inst, IOTR_LOG_DEBUG, "libmosquitto: %s", str);
 }
@@ -213,8 +189,8 @@ static void mqtt_out_on_connect(struct mosquitto *mosq, void *obj, int rc,
 
 	(void)mosq;
 	if (rc == 0) {
-		o->up_since = mqttconn_now_ms();
-		o->session_up = true;
+		o->s.up_since = mqttconn_now_ms();
+		o->s.session_up = true;
 		o->host->counter_add(o->connects, 1);
 		mosquitto_property_read_int32(props, MQTT_PROP_MAXIMUM_PACKET_SIZE,
 		                              &max_packet, false);
@@ -237,7 +213,7 @@ static void mqtt_out_on_connect(struct mosquitto *mosq, void *obj, int rc,
 		int level = mqttconn_connack_failure(&o->cc, rc, o->cc.client_id,
 		                                     why, sizeof(why));
 
-		mqtt_out_fail(o, level, "%s", why);
+		mqttconn_fail(&o->s, level, "%s", why);
 	}
 	pthread_mutex_lock(&o->lock);
 	o->first_connack = true;
@@ -252,23 +228,11 @@ static void mqtt_out_on_disconnect(struct mosquitto *mosq, void *obj, int rc,
 {
 	int err = errno;
 	struct mqtt_out *o = obj;
-	char why[300];
 
 	(void)mosq;
 	(void)props;
-	if (o->session_up) {
-		o->session_up = false;
+	if (mqttconn_session_ended(&o->s, rc, err))
 		o->host->counter_add(o->disconnects, 1);
-	}
-	if (rc == 0)
-		mqtt_out_fail(o, IOTR_LOG_NOTICE, "disconnected on request");
-	else if (rc >= 0x80)
-		mqtt_out_fail(o, IOTR_LOG_WARNING, "the broker closed the "
-		              "connection: %s", mosquitto_reason_string(rc));
-	else {
-		mqttconn_describe_rc(why, sizeof(why), rc, err, o->lib_error);
-		mqtt_out_fail(o, IOTR_LOG_WARNING, "%s", why);
-	}
 }
 
 /* What to do about a PUBACK/PUBREC/PUBCOMP reason code of 0x80 and up. */
@@ -339,37 +303,27 @@ static void mqtt_out_on_publish(struct mosquitto *mosq, void *obj, int mid,
 
 /* -- the loop thread ----------------------------------------------------------- */
 
-static bool mqtt_out_stop_requested(struct mqtt_out *o)
+/* After each round of the network loop while the session is up: open
+ * deliver() only now, when the CONNACK handler has queued the resends of
+ * the messages in flight, so that new ones go out after them. */
+static void mqtt_out_connection_up(struct mqttconn_session *s)
 {
-	bool stop;
+	struct mqtt_out *o = s->owner;
 
 	pthread_mutex_lock(&o->lock);
-	stop = o->stop_requested;
+	if (!o->connected) {
+		o->connected = true;
+		pthread_cond_broadcast(&o->cond);
+	}
 	pthread_mutex_unlock(&o->lock);
-	return stop;
-}
-
-/* Sleep for ms, or less if destroy() asks to stop; false if it did. */
-static bool mqtt_out_sleep(struct mqtt_out *o, int64_t ms)
-{
-	struct timespec until;
-	bool stop;
-
-	mqttconn_deadline(&until, ms);
-	pthread_mutex_lock(&o->lock);
-	while (!o->stop_requested &&
-	       pthread_cond_timedwait(&o->cond, &o->lock, &until) != ETIMEDOUT)
-		;
-	stop = o->stop_requested;
-	pthread_mutex_unlock(&o->lock);
-	return !stop;
 }
 
 /* The connection is gone: deliver() waits again, and QoS 0 messages that
  * were not written are reported for retry (libmosquitto drops them at the
  * reconnect; QoS 1 and 2 messages it keeps and sends again). */
-static void mqtt_out_connection_lost(struct mqtt_out *o)
+static void mqtt_out_connection_lost(struct mqttconn_session *s)
 {
+	struct mqtt_out *o = s->owner;
 	char reason[300];
 
 	pthread_mutex_lock(&o->lock);
@@ -383,122 +337,27 @@ static void mqtt_out_connection_lost(struct mqtt_out *o)
 	mqtt_out_retry_all(o, reason);
 }
 
-/* Run the connection until it fails, an attempt times out, or destroy()
- * asks to stop (then disconnect cleanly). */
-static void mqtt_out_run_connection(struct mqtt_out *o)
+/* The end of the "disconnected from ...; reconnecting" line. */
+static void mqtt_out_reconnect_note(struct mqttconn_session *s, char *buf,
+                                    size_t size)
 {
-	int64_t started = mqttconn_now_ms();
-	int rc;
+	struct mqtt_out *o = s->owner;
+	size_t waiting;
 
-	for (;;) {
-		if (mqtt_out_stop_requested(o)) {
-			if (!o->session_up)
-				return;
-			rc = mosquitto_disconnect_v5(o->mosq,
-			                             MQTT_RC_NORMAL_DISCONNECTION, NULL);
-			started = mqttconn_now_ms();
-			while (rc == MOSQ_ERR_SUCCESS && o->session_up &&
-			       mqttconn_now_ms() - started < o->cc.connect_timeout_ms)
-				rc = mosquitto_loop(o->mosq, MQTT_OUT_LOOP_MS, 1);
-			return;
-		}
-		rc = mosquitto_loop(o->mosq, MQTT_OUT_LOOP_MS, 1);
-		if (rc != MOSQ_ERR_SUCCESS) {
-			char why[300];
-
-			mqttconn_describe_rc(why, sizeof(why), rc, errno, o->lib_error);
-			mqtt_out_fail(o, IOTR_LOG_WARNING, "%s", why);
-			return;
-		}
-		if (o->session_up) {
-			/* Open deliver() only now: the CONNACK handler has queued
-			 * the resends of the messages in flight, so new ones go out
-			 * after them. */
-			pthread_mutex_lock(&o->lock);
-			if (!o->connected) {
-				o->connected = true;
-				pthread_cond_broadcast(&o->cond);
-			}
-			pthread_mutex_unlock(&o->lock);
-		} else if (!o->up_since &&
-		           mqttconn_now_ms() - started >= o->cc.connect_timeout_ms) {
-			mqtt_out_fail(o, IOTR_LOG_WARNING, "no CONNACK within %" PRId64
-			              " ms (connect_timeout_ms)", o->cc.connect_timeout_ms);
-			return;
-		} else if (o->up_since) {
-			return;         /* the session ended inside the loop call */
-		}
-	}
+	pthread_mutex_lock(&o->lock);
+	waiting = o->in_slots;
+	pthread_mutex_unlock(&o->lock);
+	snprintf(buf, size, " (%zu messages wait for an acknowledgement and are "
+	         "sent again)", waiting);
 }
 
-static void *mqtt_out_loop(void *arg)
-{
-	struct mqtt_out *o = arg;
-	int64_t delay = o->cc.reconnect_min_ms;
-
-	while (!mqtt_out_stop_requested(o)) {
-		const struct mqttconn_broker *b = &o->cc.brokers[atomic_load(&o->cur)];
-		int rc;
-
-		o->up_since = 0;
-		o->session_up = false;
-		o->fail_level = IOTR_LOG_WARNING;
-		o->fail_reason[0] = '\0';
-		o->lib_error[0] = '\0';
-
-		rc = mosquitto_connect_bind_async(o->mosq, b->host, b->port,
-		                                  o->cc.keepalive, NULL);
-		if (rc == MOSQ_ERR_SUCCESS) {
-			mqtt_out_run_connection(o);
-		} else {
-			char why[300];
-
-			mqttconn_describe_rc(why, sizeof(why), rc, errno, o->lib_error);
-			mqtt_out_fail(o, IOTR_LOG_WARNING, "%s", why);
-		}
-		mqtt_out_connection_lost(o);
-
-		if (o->up_since) {
-			int64_t up = mqttconn_now_ms() - o->up_since;
-			size_t waiting;
-
-			if (mqtt_out_stop_requested(o)) {
-				o->host->log(o->inst, IOTR_LOG_NOTICE,
-				             "disconnected from %s (stopping)", b->name);
-				break;
-			}
-			if (up >= o->cc.reconnect_max_ms)
-				delay = o->cc.reconnect_min_ms;
-			pthread_mutex_lock(&o->lock);
-			waiting = o->in_slots;
-			pthread_mutex_unlock(&o->lock);
-			o->host->log(o->inst, IOTR_LOG_NOTICE,
-			             "disconnected from %s: %s; reconnecting in %" PRId64
-			             " ms (%zu messages wait for an acknowledgement and "
-			             "are sent again)", b->name,
-			             o->fail_reason[0] ? o->fail_reason : "unknown reason",
-			             delay, waiting);
-		} else {
-			size_t next;
-
-			if (mqtt_out_stop_requested(o))
-				break;
-			next = (atomic_load(&o->cur) + 1) % o->cc.n_brokers;
-			atomic_store(&o->cur, next);
-			o->host->log(o->inst, o->fail_level,
-			             "cannot connect to %s: %s; next attempt in %" PRId64
-			             " ms%s%s; messages wait until then", b->name,
-			             o->fail_reason[0] ? o->fail_reason : "unknown reason",
-			             delay, o->cc.n_brokers > 1 ? " to " : "",
-			             o->cc.n_brokers > 1 ? o->cc.brokers[next].name : "");
-		}
-		if (!mqtt_out_sleep(o, delay))
-			break;
-		delay = delay * 2 > o->cc.reconnect_max_ms ? o->cc.reconnect_max_ms
-		                                           : delay * 2;
-	}
-	return NULL;
-}
+static const struct mqttconn_session_ops mqtt_out_session_ops = {
+	.loop_ms = MQTT_OUT_LOOP_MS,
+	.on_up = mqtt_out_connection_up,
+	.on_lost = mqtt_out_connection_lost,
+	.reconnect_note = mqtt_out_reconnect_note,
+	.retry_note = "; messages wait until then",
+};
 
 /* -- deliver ------------------------------------------------------------------- */
 
@@ -665,7 +524,7 @@ static int mqtt_out_deliver(void *state, iotr_msg *msg)
 		mosquitto_property_free_all(&props);
 		return rc;
 	}
-	rc = mosquitto_publish_v5(o->mosq, &mid, topic, (int)len, payload, o->qos,
+	rc = mosquitto_publish_v5(o->s.mosq, &mid, topic, (int)len, payload, o->qos,
 	                          o->retain, props);
 	max_packet = o->max_packet;
 	/* A QoS 1 or 2 message is queued even when the socket is gone
@@ -741,6 +600,8 @@ static int mqtt_out_create(iotr_instance *inst, const struct iotr_host *host,
 	o->host = host;
 	o->cc.inst = inst;
 	o->cc.host = host;
+	mqttconn_session_init(&o->s, &o->cc, &mqtt_out_session_ops, o, &o->lock,
+	                      &o->cond, &o->stop_requested);
 	pthread_mutex_init(&o->lock, NULL);
 	pthread_condattr_init(&cattr);
 	pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
@@ -764,8 +625,8 @@ static int mqtt_out_create(iotr_instance *inst, const struct iotr_host *host,
 		rc = IOTR_ENOMEM;
 		goto fail;
 	}
-	o->mosq = mosquitto_new(o->cc.client_id, o->cc.clean_session, o);
-	if (!o->mosq) {
+	o->s.mosq = mosquitto_new(o->cc.client_id, o->cc.clean_session, o);
+	if (!o->s.mosq) {
 		int err = errno;	/* before log() can change it */
 
 		host->log(inst, IOTR_LOG_ERROR, "mosquitto_new failed for client_id "
@@ -776,23 +637,23 @@ static int mqtt_out_create(iotr_instance *inst, const struct iotr_host *host,
 	}
 	/* Threaded mode: deliver() publishes from the router's workers while
 	 * the loop thread owns the socket. */
-	mosquitto_threaded_set(o->mosq, true);
-	mosquitto_int_option(o->mosq, MOSQ_OPT_PROTOCOL_VERSION, o->cc.protocol);
+	mosquitto_threaded_set(o->s.mosq, true);
+	mosquitto_int_option(o->s.mosq, MOSQ_OPT_PROTOCOL_VERSION, o->cc.protocol);
 	/* libmosquitto's own window (MQTT 3.1.1; with MQTT 5 the broker's
 	 * Receive Maximum replaces it): messages past it wait, in order, in
 	 * libmosquitto's queue; max_inflight bounds the two together. */
-	mosquitto_int_option(o->mosq, MOSQ_OPT_SEND_MAXIMUM,
+	mosquitto_int_option(o->s.mosq, MOSQ_OPT_SEND_MAXIMUM,
 	                     o->max_inflight < 65535 ? (int)o->max_inflight
 	                                             : 65535);
-	if ((rc = mqttconn_setup_handle(&o->cc, o->mosq, true)) != IOTR_OK)
+	if ((rc = mqttconn_setup_handle(&o->cc, o->s.mosq, true)) != IOTR_OK)
 		goto fail;
 	mqttconn_wipe_password(&o->cc);
 
 	if (o->cc.tls || host->log_enabled(inst, IOTR_LOG_DEBUG))
-		mosquitto_log_callback_set(o->mosq, mqtt_out_on_log);
-	mosquitto_connect_v5_callback_set(o->mosq, mqtt_out_on_connect);
-	mosquitto_disconnect_v5_callback_set(o->mosq, mqtt_out_on_disconnect);
-	mosquitto_publish_v5_callback_set(o->mosq, mqtt_out_on_publish);
+		mosquitto_log_callback_set(o->s.mosq, mqtt_out_on_log);
+	mosquitto_connect_v5_callback_set(o->s.mosq, mqtt_out_on_connect);
+	mosquitto_disconnect_v5_callback_set(o->s.mosq, mqtt_out_on_disconnect);
+	mosquitto_publish_v5_callback_set(o->s.mosq, mqtt_out_on_publish);
 
 	o->published = host->counter(inst, "published");
 	o->delivered = host->counter(inst, "delivered");
@@ -820,7 +681,7 @@ static int mqtt_out_start(void *state)
 	bool answered;
 	int rc;
 
-	rc = pthread_create(&o->thread, NULL, mqtt_out_loop, o);
+	rc = pthread_create(&o->thread, NULL, mqttconn_run, &o->s);
 	if (rc != 0) {
 		char ebuf[128];
 
@@ -908,8 +769,8 @@ static void mqtt_out_destroy(void *state)
 			             "acknowledgement from the broker when the output "
 			             "stopped; they were reported for retry", n);
 	}
-	if (o->mosq)
-		mosquitto_destroy(o->mosq);
+	if (o->s.mosq)
+		mosquitto_destroy(o->s.mosq);
 	free(o->slots);
 	mqttconn_free(&o->cc);
 	pthread_cond_destroy(&o->cond);

@@ -1,14 +1,16 @@
 /*
  * mqttconn.c - connection settings shared by the mqtt input and output:
  * reading and checking them, credentials, TLS and session setup of a
- * libmosquitto handle, and the texts that explain a failed connection.
- * See mqttconn.h for the threading rules.
+ * libmosquitto handle, the texts that explain a failed connection, and the
+ * connect / back-off / failover loop.  See mqttconn.h for the threading
+ * rules.
  */
 #define _GNU_SOURCE /* strerror_r returning char *, strndup, explicit_bzero */
 
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,6 +127,203 @@ int mqttconn_connack_failure(const struct mqttconn *cc, int rc,
 	}
 	snprintf(buf, size, "the broker refused the connection: %s", reason);
 	return IOTR_LOG_WARNING;
+}
+
+/* -- the loop thread ----------------------------------------------------------- */
+
+void mqttconn_session_init(struct mqttconn_session *s,
+                           const struct mqttconn *cc,
+                           const struct mqttconn_session_ops *ops,
+                           void *owner, pthread_mutex_t *lock,
+                           pthread_cond_t *cond, const bool *stop_requested)
+{
+	memset(s, 0, sizeof(*s));
+	s->cc = cc;
+	s->ops = ops;
+	s->owner = owner;
+	s->tag = "";
+	s->lock = lock;
+	s->cond = cond;
+	s->stop_requested = stop_requested;
+	atomic_init(&s->cur, 0);
+}
+
+void mqttconn_fail(struct mqttconn_session *s, int level, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (s->fail_reason[0])
+		return;
+	s->fail_level = level;
+	va_start(ap, fmt);
+	vsnprintf(s->fail_reason, sizeof(s->fail_reason), fmt, ap);
+	va_end(ap);
+}
+
+bool mqttconn_session_ended(struct mqttconn_session *s, int rc, int err)
+{
+	bool was_up = s->session_up;
+	char why[300];
+
+	s->session_up = false;
+	/* rc is a MOSQ_ERR_* code, except after a DISCONNECT packet from an
+	 * MQTT 5 broker, when it is that packet's reason code (0x80 and up). */
+	if (rc == 0)
+		mqttconn_fail(s, IOTR_LOG_NOTICE, "disconnected on request");
+	else if (rc >= 0x80)
+		mqttconn_fail(s, IOTR_LOG_WARNING, "the broker closed the "
+		              "connection: %s", mosquitto_reason_string(rc));
+	else {
+		mqttconn_describe_rc(why, sizeof(why), rc, err, s->lib_error);
+		mqttconn_fail(s, IOTR_LOG_WARNING, "%s", why);
+	}
+	return was_up;
+}
+
+static bool mqttconn_stop_requested(struct mqttconn_session *s)
+{
+	bool stop;
+
+	pthread_mutex_lock(s->lock);
+	stop = *s->stop_requested;
+	pthread_mutex_unlock(s->lock);
+	return stop;
+}
+
+/* Sleep for ms, or less if a stop is requested; false if it was. */
+static bool mqttconn_sleep(struct mqttconn_session *s, int64_t ms)
+{
+	struct timespec until;
+	bool stop;
+
+	mqttconn_deadline(&until, ms);
+	pthread_mutex_lock(s->lock);
+	while (!*s->stop_requested &&
+	       pthread_cond_timedwait(s->cond, s->lock, &until) != ETIMEDOUT)
+		;
+	stop = *s->stop_requested;
+	pthread_mutex_unlock(s->lock);
+	return !stop;
+}
+
+/* Record a failed libmosquitto call; err is errno right after it. */
+static void mqttconn_fail_rc(struct mqttconn_session *s, int rc, int err)
+{
+	char why[300];
+
+	mqttconn_describe_rc(why, sizeof(why), rc, err, s->lib_error);
+	mqttconn_fail(s, IOTR_LOG_WARNING, "%s", why);
+}
+
+/* Run the connection to the current broker until it fails, an attempt times
+ * out, or a stop is requested (then disconnect cleanly). */
+static void mqttconn_run_connection(struct mqttconn_session *s)
+{
+	const struct mqttconn *cc = s->cc;
+	int64_t started = mqttconn_now_ms();
+	int rc;
+
+	for (;;) {
+		if (mqttconn_stop_requested(s)) {
+			if (!s->session_up)
+				return;
+			/* Queued packets (the input's PUBACKs) go out before the
+			 * DISCONNECT; bound the wait in case the network is gone. */
+			rc = mosquitto_disconnect_v5(s->mosq, MQTT_RC_NORMAL_DISCONNECTION,
+			                             NULL);
+			started = mqttconn_now_ms();
+			while (rc == MOSQ_ERR_SUCCESS && s->session_up &&
+			       mqttconn_now_ms() - started < cc->connect_timeout_ms)
+				rc = mosquitto_loop(s->mosq, s->ops->loop_ms, 1);
+			return;
+		}
+		rc = s->ops->loop_once ? s->ops->loop_once(s)
+		                       : mosquitto_loop(s->mosq, s->ops->loop_ms, 1);
+		if (rc != MOSQ_ERR_SUCCESS) {
+			mqttconn_fail_rc(s, rc, errno);
+			return;
+		}
+		if (s->session_up) {
+			if (s->ops->on_up)
+				s->ops->on_up(s);
+		} else if (s->up_since) {
+			return;         /* the session ended inside the loop call */
+		} else if (mqttconn_now_ms() - started >= cc->connect_timeout_ms) {
+			/* The next connect call closes this socket. */
+			mqttconn_fail(s, IOTR_LOG_WARNING, "no CONNACK within %" PRId64
+			              " ms (connect_timeout_ms)", cc->connect_timeout_ms);
+			return;
+		}
+	}
+}
+
+void *mqttconn_run(void *arg)
+{
+	struct mqttconn_session *s = arg;
+	const struct mqttconn *cc = s->cc;
+	int64_t delay = cc->reconnect_min_ms;
+
+	while (!mqttconn_stop_requested(s)) {
+		const struct mqttconn_broker *b = &cc->brokers[atomic_load(&s->cur)];
+		const char *reason;
+		int rc;
+
+		s->up_since = 0;
+		s->session_up = false;
+		s->fail_level = IOTR_LOG_WARNING;
+		s->fail_reason[0] = '\0';
+		s->lib_error[0] = '\0';
+
+		rc = mosquitto_connect_bind_async(s->mosq, b->host, b->port,
+		                                  cc->keepalive, NULL);
+		if (rc == MOSQ_ERR_SUCCESS)
+			mqttconn_run_connection(s);
+		else
+			mqttconn_fail_rc(s, rc, errno);
+		if (s->ops->on_lost)
+			s->ops->on_lost(s);
+
+		reason = s->fail_reason[0] ? s->fail_reason : "unknown reason";
+		if (s->up_since) {
+			int64_t up = mqttconn_now_ms() - s->up_since;
+			char note[128] = "";
+
+			if (mqttconn_stop_requested(s)) {
+				cc->host->log(cc->inst, IOTR_LOG_NOTICE,
+				              "disconnected from %s%s (stopping)", b->name,
+				              s->tag);
+				break;
+			}
+			/* A connection that stayed up a while starts the back-off
+			 * afresh; one that keeps dropping (say, another client with
+			 * the same client_id) keeps backing off. */
+			if (up >= cc->reconnect_max_ms)
+				delay = cc->reconnect_min_ms;
+			if (s->ops->reconnect_note)
+				s->ops->reconnect_note(s, note, sizeof(note));
+			cc->host->log(cc->inst, IOTR_LOG_NOTICE,
+			              "disconnected from %s%s: %s; reconnecting in %"
+			              PRId64 " ms%s", b->name, s->tag, reason, delay, note);
+		} else {
+			size_t next;
+
+			if (mqttconn_stop_requested(s))
+				break;
+			next = (atomic_load(&s->cur) + 1) % cc->n_brokers;
+			atomic_store(&s->cur, next);
+			cc->host->log(cc->inst, s->fail_level,
+			              "cannot connect to %s%s: %s; next attempt in %"
+			              PRId64 " ms%s%s%s", b->name, s->tag, reason, delay,
+			              cc->n_brokers > 1 ? " to " : "",
+			              cc->n_brokers > 1 ? cc->brokers[next].name : "",
+			              s->ops->retry_note ? s->ops->retry_note : "");
+		}
+		if (!mqttconn_sleep(s, delay))
+			break;
+		delay = delay * 2 > cc->reconnect_max_ms ? cc->reconnect_max_ms
+		                                         : delay * 2;
+	}
+	return NULL;
 }
 
 /* -- configuration ------------------------------------------------------------- */

@@ -2,15 +2,19 @@
  * mqttconn.h - what the mqtt plugin's input (mqtt.c) and output (mqtt_out.c)
  * share: the connection parameters of both schemas, reading and checking
  * them, credentials, TLS and session setup of a libmosquitto handle, and the
- * texts that explain a failed connection.
+ * texts that explain a failed connection, and the loop that connects, backs
+ * off and fails over between brokers (mqttconn_run).
  *
  * Threading: everything here runs in create() on the router's thread, except
- * mqttconn_describe_rc(), mqttconn_connack_failure() and the small helpers,
- * which only read the configuration and may run on any thread.
+ * mqttconn_run() and what it calls, which run on a connection's loop thread,
+ * and mqttconn_describe_rc(), mqttconn_connack_failure() and the small
+ * helpers, which only read the configuration and may run on any thread.
  */
 #ifndef IOTR_MQTTCONN_H
 #define IOTR_MQTTCONN_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -125,6 +129,85 @@ struct mqttconn {
 	int64_t reconnect_max_ms;
 	int64_t connect_timeout_ms;
 };
+
+struct mqttconn_session;
+
+/* What the input and the output do differently in mqttconn_run().  Every
+ * hook runs on the loop thread; NULL hooks are skipped. */
+struct mqttconn_session_ops {
+	/* How long one network loop call may sleep: bounds how late the loop
+	 * thread notices a stop request or an attempt that has taken too long. */
+	int loop_ms;
+	/* One round of the network loop, a MOSQ_ERR_* code; NULL:
+	 * mosquitto_loop(s->mosq, loop_ms, 1). */
+	int (*loop_once)(struct mqttconn_session *s);
+	/* After each round of the network loop that leaves the session up. */
+	void (*on_up)(struct mqttconn_session *s);
+	/* After each attempt, whether it connected or not. */
+	void (*on_lost)(struct mqttconn_session *s);
+	/* Appended to the "disconnected from ...; reconnecting in N ms" line. */
+	void (*reconnect_note)(struct mqttconn_session *s, char *buf,
+	                       size_t size);
+	/* Appended to the "cannot connect to ...; next attempt in N ms" line. */
+	const char *retry_note;
+};
+
+/*
+ * One connection's loop state, embedded in its owner (struct mqtt_conn,
+ * struct mqtt_out), which fills in the first group of fields (with
+ * mqttconn_session_init, then mosq and tag) before the loop thread starts
+ * mqttconn_run(); the loop thread then owns the handle.
+ */
+struct mqttconn_session {
+	const struct mqttconn *cc;      /* borrowed */
+	const struct mqttconn_session_ops *ops;
+	void *owner;                    /* for the hooks */
+	const char *tag;                /* after the broker's name in log lines */
+	struct mosquitto *mosq;
+	/* The owner's: *stop_requested is guarded by *lock, and *cond is
+	 * signalled when it is set. */
+	pthread_mutex_t *lock;
+	pthread_cond_t *cond;
+	const bool *stop_requested;
+
+	/* Loop thread only (and the callbacks, which run on it), except cur,
+	 * which any thread may read to name the broker. */
+	atomic_size_t cur;      /* the broker being tried */
+	int64_t up_since;       /* when the current connection got its CONNACK,
+	                           0 if it has not */
+	bool session_up;        /* connected and not yet disconnected */
+	int fail_level;         /* log level for the current attempt's failure */
+	char fail_reason[512];  /* why the current attempt failed, "" if unknown */
+	char lib_error[256];    /* libmosquitto's last error log line */
+};
+
+/* Set what mqttconn_run() borrows from the owner; tag is "", mosq NULL. */
+void mqttconn_session_init(struct mqttconn_session *s,
+                           const struct mqttconn *cc,
+                           const struct mqttconn_session_ops *ops,
+                           void *owner, pthread_mutex_t *lock,
+                           pthread_cond_t *cond, const bool *stop_requested);
+
+/*
+ * The loop thread of a session (a pthread start routine; arg is the
+ * session): until a stop is requested, connect to the current broker, run
+ * the connection until it fails, the CONNACK takes longer than
+ * connect_timeout_ms, or a stop is requested (then disconnect cleanly),
+ * log why it ended, and wait before the next attempt: reconnect_min_ms,
+ * doubling up to reconnect_max_ms, afresh after a connection that stayed
+ * up reconnect_max_ms.  A failed attempt moves on to the next broker.
+ * Returns NULL.
+ */
+void *mqttconn_run(void *arg);
+
+/* Record why the current attempt failed; the first reason wins because
+ * later ones are consequences (a refused CONNACK closes the socket). */
+void mqttconn_fail(struct mqttconn_session *s, int level, const char *fmt,
+                   ...) IOTR_PRINTF(3, 4);
+
+/* For on_disconnect: the session is down; records why (rc and err as
+ * on_disconnect got them).  Whether the session had been up. */
+bool mqttconn_session_ended(struct mqttconn_session *s, int rc, int err);
 
 /* mosquitto_lib_init() once per process; IOTR_OK or an error after logging. */
 int mqttconn_lib_init(iotr_instance *inst, const struct iotr_host *host);
