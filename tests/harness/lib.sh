@@ -419,6 +419,20 @@ mqtt_sub() {
 	mosquitto_sub -h 127.0.0.1 -p "${MQTT_PORT:?start_mosquitto first}" "$@"
 }
 
+# mqtt_sub_bg FILE [mosquitto_sub args...]: mosquitto_sub against the test
+# broker in the background, output in FILE and errors in FILE.err; sets
+# MQTT_SUB_PID (mosquitto_sub's own: `mqtt_sub ... &` would give the pid of
+# a subshell, and killing that leaves mosquitto_sub running) and stops it
+# on exit.
+mqtt_sub_bg() {
+	local out=$1
+	shift
+	mosquitto_sub -h 127.0.0.1 -p "${MQTT_PORT:?start_mosquitto first}" "$@" \
+		>"$out" 2>"$out.err" &
+	MQTT_SUB_PID=$!
+	register_pid "$MQTT_SUB_PID"
+}
+
 # ------------------------------------------------------------------ Kafka
 
 # kafka_bootstrap: the run-wide real broker ($IOTR_TEST_KAFKA) or "" (then skip).

@@ -70,10 +70,9 @@ conf=${conf//@KAFKA@/$KAFKA}
 # A subscriber that sees every command (and the dead letters) as
 # "topic<TAB>properties<TAB>payload".
 sub_start() {
-	mqtt_sub -V mqttv5 -q 1 -t 'vehicles/+/commands' -t "$run/dead" \
-		-F '%t\t%P\t%p' >"$1" 2>"$1.err" &
-	register_pid $!
-	SUB_PID=$!
+	mqtt_sub_bg "$1" -V mqttv5 -q 1 -t 'vehicles/+/commands' -t "$run/dead" \
+		-F '%t\t%P\t%p'
+	SUB_PID=$MQTT_SUB_PID
 	sleep 0.5
 }
 sub=$TEST_TMPDIR/sub.tsv

@@ -17,9 +17,8 @@ start_mosquitto "" "acl_file $TEST_TMPDIR/mosquitto/acl" || bail_out "mosquitto 
 # A persistent MQTT 5 subscriber to what the router publishes: topic, user
 # properties and payload, one line each.  It reconnects after the restart.
 sub=$TEST_TMPDIR/sub.txt
-mqtt_sub -V mqttv5 -c -i mqtt-output-test-sub -q 1 -t 'out/#' -t dead \
-	-F '%t\t%P\t%p' >"$sub" 2>"$TEST_TMPDIR/sub.err" &
-register_pid $!
+mqtt_sub_bg "$sub" -V mqttv5 -c -i mqtt-output-test-sub -q 1 -t 'out/#' -t dead \
+	-F '%t\t%P\t%p'
 wait_for 10 grep -q 'mqtt-output-test-sub' "$MQTT_DIR/mosquitto.log" ||
 	bail_out "mosquitto_sub did not connect"
 sleep 0.5
@@ -157,11 +156,11 @@ assert_eq 0 "$(router_counter router.lost)" "none lost"
 
 # retain = true against a broker that keeps no retained messages (MQTT 5
 # Retain Available 0): said once at connect, and messages still go out.
+stop_mosquitto   # the harness stops one broker of its own at exit
 start_mosquitto "$TEST_TMPDIR/noretain" "retain_available false" ||
 	bail_out "the broker without retain did not start"
 sub_nr=$TEST_TMPDIR/noretain.tsv
-mqtt_sub -V mqttv5 -q 1 -t 'out/#' -F '%t %r %p' >"$sub_nr" 2>&1 &
-register_pid $!
+mqtt_sub_bg "$sub_nr" -V mqttv5 -q 1 -t 'out/#' -F '%t %r %p'
 conf=$(router_config noretain <<'CONF'
 inputs = ( { name = "in"; plugin = "mqtt"; port = @MQTT_PORT@; client_id = "nr-in";
 	topics = [ "in/#" ]; qos = 1; } );
