@@ -416,9 +416,10 @@ int template_render_to(const struct template *t, iotr_msg *msg,
 			}
 			/* A key is one topic level: it must not add levels
 			 * or wildcards to the topic it goes into (a Kafka
-			 * key is any bytes). */
-			if (strcspn(msg->key, "/+#") < msg->key_len ||
-			    strlen(msg->key) < msg->key_len) {
+			 * key is any bytes).  The key is stored with a NUL
+			 * after it, at which strcspn() also stops, so a NUL
+			 * inside it is caught too. */
+			if (strcspn(msg->key, "/+#") < msg->key_len) {
 				snprintf(err, errlen, "${key}: the key has a "
 				         "'/', '+', '#' or NUL, and cannot be "
 				         "one topic level");
