@@ -15,6 +15,7 @@
 #include "iotrouter/plugin.h"
 
 struct route;
+struct wal_share;
 
 
 struct msg_header {
@@ -52,6 +53,10 @@ struct iotr_msg {
 	json_t *json;           /* payload parsed on first ${json:...}, or NULL */
 	int json_state;         /* 0 not parsed, 1 parsed, -1 not JSON */
 	uint64_t wal_id;        /* its record in the write-ahead log, or 0 */
+	struct wal_share *wal_share; /* that record, when shared with messages
+	                         * a transform made from it (pipeline.c) */
+	unsigned wal_keep:1;    /* the record stays in the log for the next
+	                         * start, whatever becomes of the message */
 	struct iotr_msg *next;  /* queue link */
 
 	/* Room left at the end of the message's own allocation, which

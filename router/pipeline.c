@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,6 +102,20 @@ struct emit_ctx {
 	const struct route *route;
 	size_t stage;               /* next stage after the calling transform */
 	struct iotr_instance *output;
+	iotr_msg *parent;           /* the message process() runs on, or NULL */
+};
+
+/*
+ * A log record shared by a message and the messages transforms made from
+ * it while it was processed (fan-out, router.emit).  It is released when
+ * the last of them ends, and kept when any of them is deferred: a replay
+ * runs the transforms again, so what was made from the message is made
+ * again (at least once).
+ */
+struct wal_share {
+	atomic_uint refs;
+	atomic_bool keep;
+	uint64_t id;
 };
 
 static _Thread_local struct emit_ctx *current_ctx;
@@ -266,12 +281,62 @@ static void inflight_done(struct pipeline *p)
 	}
 }
 
+/* msg no longer needs its log record; with keep, the record stays in the
+ * log for the next start. */
+static void wal_done(struct pipeline *p, iotr_msg *msg, int keep)
+{
+	struct wal_share *s = msg->wal_share;
+
+	if (!s) {
+		if (msg->wal_id && !keep && !msg->wal_keep)
+			wal_release(p->wal, msg->wal_id);
+		return;
+	}
+	msg->wal_share = NULL;
+	if (keep)
+		atomic_store(&s->keep, true);
+	if (atomic_fetch_sub(&s->refs, 1) == 1) {
+		if (!atomic_load(&s->keep))
+			wal_release(p->wal, s->id);
+		free(s);
+	}
+}
+
+/* msg, which a transform made while it processed parent, holds parent's log
+ * record too, so that a crash before msg is delivered replays parent. */
+static void wal_share_with(iotr_msg *parent, iotr_msg *msg)
+{
+	struct wal_share *s = parent->wal_share;
+
+	msg->wal_id = parent->wal_id;
+	if (!s && !parent->wal_keep) {
+		if (!(s = malloc(sizeof(*s)))) {
+			/* Without a count nobody may release the record: it is
+			 * replayed at the next start. */
+			log_error("out of memory sharing write-ahead log record "
+			          "%llu; it stays in the log until the next "
+			          "start", (unsigned long long)parent->wal_id);
+			parent->wal_keep = 1;
+		} else {
+			atomic_init(&s->refs, 1);
+			atomic_init(&s->keep, false);
+			s->id = parent->wal_id;
+			parent->wal_share = s;
+		}
+	}
+	if (!s) {
+		msg->wal_keep = 1;
+		return;
+	}
+	atomic_fetch_add(&s->refs, 1);
+	msg->wal_share = s;
+}
+
 /* The message's journey ends: count it, release its log record, free it. */
 static void finish(struct pipeline *p, iotr_msg *msg, iotr_counter *outcome)
 {
 	metrics_add(outcome, 1);
-	if (msg->wal_id && outcome != p->deferred)
-		wal_release(p->wal, msg->wal_id);
+	wal_done(p, msg, outcome == p->deferred);
 	msg_free(msg);
 	inflight_done(p);
 }
@@ -745,7 +810,7 @@ static int run_transforms(struct worker *w, iotr_msg *msg)
 
 	while (r && msg->stage < r->ntransforms) {
 		struct iotr_instance *t = r->transforms[msg->stage];
-		struct emit_ctx ctx = { w, r, msg->stage + 1, msg->output };
+		struct emit_ctx ctx = { w, r, msg->stage + 1, msg->output, msg };
 		int rc;
 
 		msg->stage++;
@@ -778,7 +843,7 @@ static void run_ticks(struct worker *w, int64_t now_us)
 
 	for (i = 0; i < cfg->ninstances; i++) {
 		struct iotr_instance *t = cfg->instances[i];
-		struct emit_ctx ctx = { w, NULL, 0, NULL };
+		struct emit_ctx ctx = { w, NULL, 0, NULL, NULL };
 
 		if (t->kind != IOTR_PLUGIN_TRANSFORM || !t->tick_ms ||
 		    t->plugin->size <= offsetof(struct iotr_plugin, tick) ||
@@ -861,6 +926,8 @@ int pipeline_transform_emit(struct iotr_instance *t, iotr_msg *msg)
 		msg_free(msg);
 		return IOTR_EINVAL;
 	}
+	if (ctx->parent && ctx->parent->wal_id && !msg->wal_id)
+		wal_share_with(ctx->parent, msg);
 	atomic_fetch_add(&p->inflight, 1);
 	metrics_add(p->received, 1);
 	return queue_push(p, &worker_for(p, msg)->q, msg, PUSH_FORCE);
@@ -868,7 +935,7 @@ int pipeline_transform_emit(struct iotr_instance *t, iotr_msg *msg)
 
 void pipeline_stop_transform(struct pipeline *p, struct iotr_instance *t)
 {
-	struct emit_ctx ctx = { &p->workers[0], NULL, 0, NULL };
+	struct emit_ctx ctx = { &p->workers[0], NULL, 0, NULL, NULL };
 	size_t k, s;
 
 	if (!t->plugin->stop)

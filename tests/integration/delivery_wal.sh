@@ -5,7 +5,11 @@
 #   2. the cap reached with "block": intake waits, the broker keeps the rest,
 #      and nothing is missing;
 #   3. a log damaged in the middle and at its tail after a crash: the router
-#      starts, reports what it skipped, and delivers the rest.
+#      starts, reports what it skipped, and delivers the rest;
+#   4. a Lua rule that fans each reading out into two new messages, killed
+#      with SIGKILL while they wait for Kafka: after a restart both copies
+#      of every reading arrive (the reading's record is kept until all that
+#      was made from it is delivered).
 . "$(dirname "$0")/../harness/lib.sh"
 . "$(dirname "$0")/../harness/router.sh"
 tmpdir_setup
@@ -98,5 +102,59 @@ report=$REPORT
 echo "# damaged log: $report"
 assert_cmd "only the two damaged records are missing ($report)" test "$MISSING" -le 2
 assert_eq 0 "$ROUTER_RC" "and it stops cleanly"
+
+# 4. fan-out
+cat >"$TEST_TMPDIR/fanout.lua" <<'LUA'
+-- each reading becomes two new messages; the reading itself goes no further
+function on_message(msg)
+	router.emit{ kafka_topic = router.vars.a, key = msg.key, payload = msg.payload }
+	router.emit{ kafka_topic = router.vars.b, key = msg.key, payload = msg.payload }
+	return nil
+end
+LUA
+down=$(router_config fanout <<CONF
+router = { workers = 2; queue_size = 100; shutdown_timeout_ms = 3000;
+           wal_dir = "@DIR@/wal-fanout"; };
+inputs = ( {
+	name = "sensors"; plugin = "mqtt"; port = @MQTT_PORT@;
+	client_id = "$run-fanout"; topics = [ "$run/fanout/#" ]; qos = 1;
+	clean_session = false;
+} );
+transforms = ( { name = "fan"; plugin = "lua"; script = "@DIR@/fanout.lua";
+	vars = [ "a=$run.fanout-a", "b=$run.fanout-b" ]; } );
+outputs = ( { name = "kafka"; plugin = "kafka"; brokers = "127.0.0.1:1"; } );
+routes = ( { match = "$run/fanout/+device/+sensor"; topic = "$run.fanout";
+	key = "\${device}"; transforms = [ "fan" ]; } );
+CONF
+)
+sed "s|127.0.0.1:1|$KAFKA|" "$down" >"$TEST_TMPDIR/fanout-up.conf"
+router_start "$down" || bail_out "router did not start"
+sim --devices 10 --count 1000 --rate 0 --qos 1 --topic "$run/fanout/{device}/{sensor}"
+router_wait_received 1000
+wait_until 20 '[ "$(router_live_counter fan.emitted)" = 2000 ]'
+assert_eq 2000 "$(router_live_counter fan.emitted)" "the rule made two messages of each of the 1000 readings"
+# what the log releases reaches its disk within wal_sync_interval_ms (100)
+sleep 1
+kill -KILL "$ROUTER_PID"
+wait "$ROUTER_PID" 2>/dev/null
+router_start "$TEST_TMPDIR/fanout-up.conf" || bail_out "router did not restart"
+assert_cmd "the restarted router finds the readings in its log" \
+	grep -q "holds [0-9]* undelivered messages from before" "$ROUTER_LOG"
+for copy in a b; do
+	n=$(wait_kafka_count "$KAFKA" "$run.fanout-$copy" 1000 60)
+done
+router_stop
+for copy in a b; do
+	kafka_payloads "$KAFKA" "$run.fanout-$copy" >"$TEST_TMPDIR/fanout-$copy.payloads"
+	seq_report 1000 "$TEST_TMPDIR/fanout-$copy.payloads"
+	report=$REPORT
+	echo "# fan-out, copy $copy: $report"
+	assert_eq 0 "$MISSING" "after kill -9, every reading's copy $copy arrives ($report)"
+done
+assert_eq 0 "$ROUTER_RC" "and it stops cleanly"
+router_start "$TEST_TMPDIR/fanout-up.conf" || bail_out "router did not restart"
+router_stop
+assert_fails "once both copies are delivered, the readings' records are released" \
+	grep -q "holds [0-9]* undelivered messages from before" "$ROUTER_LOG"
 
 tap_done
