@@ -17,8 +17,8 @@
 #                           instant when already there; start then works offline.
 #   kafka.sh start DIR      write DIR/server.properties (free loopback ports), format
 #                           DIR/data, start the broker in the background (DIR/kafka.log,
-#                           DIR/kafka.pid, DIR/bootstrap), wait until a metadata
-#                           request succeeds, print "127.0.0.1:PORT" on stdout.
+#                           DIR/kafka.pid, DIR/bootstrap, DIR/gc.log), wait until a
+#                           metadata request succeeds, print "127.0.0.1:PORT" on stdout.
 #                           Starting a DIR that was stopped restarts the same broker
 #                           (same ports, same data): use it for broker-outage tests.
 #   kafka.sh stop DIR       SIGTERM, wait (bounded), then SIGKILL. Idempotent.
@@ -263,7 +263,10 @@ launch() {
 	# The java command itself goes to the background (not a function or a
 	# subshell), so $! is the JVM's pid.
 	java_cmd
-	"${JCMD[@]}" kafka.Kafka "$DIR/server.properties" </dev/null >>"$DIR/kafka.log" 2>&1 &
+	# Each GC pause with the wall clock in ms: scripts/bench lines them up
+	# with its latency phases.
+	"${JCMD[@]}" "-Xlog:gc:file=$DIR/gc.log:timemillis,uptime:filecount=0" \
+		kafka.Kafka "$DIR/server.properties" </dev/null >>"$DIR/kafka.log" 2>&1 &
 	pid=$!
 	disown "$pid" # no "Killed" job notice from bash if fail_start kills it
 	echo "$pid" >"$DIR/kafka.pid"
