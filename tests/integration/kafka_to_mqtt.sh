@@ -6,8 +6,9 @@
 # headers as MQTT 5 user properties, records without a key or with a key
 # that would add topic levels dead-lettered, that a restarted router goes on
 # after the offsets it committed, that with the write-ahead log kill -9
-# loses no command whose offset was committed, and that a property that
-# would commit records early is refused.
+# loses no command whose offset was committed, that a property that
+# would commit records early is refused, and that a Kafka outage while the
+# input consumes (on a broker of the test's own) loses no command.
 . "$(dirname "$0")/../harness/lib.sh"
 . "$(dirname "$0")/../harness/router.sh"
 tmpdir_setup
@@ -36,15 +37,20 @@ run=$(unique_name rev)
 topic=$run.commands
 kcat -X allow.auto.create.topics=true -L -b "$KAFKA" -t "$topic" >/dev/null 2>&1
 
-# produce FIRST COUNT: COUNT commands for 10 vehicles, seq FIRST.., keyed by
-# VIN, each with the Kafka header issuer=ops.
-produce() {
-	local first=$1 count=$2
+# produce_to BOOTSTRAP TOPIC FIRST COUNT: COUNT commands for 10 vehicles,
+# seq FIRST.., keyed by VIN, each with the Kafka header issuer=ops.
+produce_to() {
+	local first=$3 count=$4
 	awk -v f="$first" -v n="$count" 'BEGIN {
 		for (i = f; i < f + n; i++)
 			printf "VIN%02d|{\"vin\":\"VIN%02d\",\"seq\":%d,\"cmd\":\"unlock\"}\n",
 				i % 10, i % 10, i
-	}' | kcat -P -b "$KAFKA" -t "$topic" -K '|' -H issuer=ops -X linger.ms=5
+	}' | kcat -P -b "$1" -t "$2" -K '|' -H issuer=ops -X linger.ms=5
+}
+
+# produce FIRST COUNT: the same to $topic on the run's broker.
+produce() {
+	produce_to "$KAFKA" "$topic" "$@"
 }
 
 conf=$(router_config rev <<CONF
@@ -150,5 +156,93 @@ assert_eq 300 "$(grep "/commands	" "$sub3" | sed -E 's/.*"seq":([0-9]+).*/\1/' |
 	"after kill -9, the write-ahead log delivers all 300 commands"
 router_stop
 assert_eq 0 "$(router_counter router.lost)" "none is lost"
+
+# distinct_seqs FILE: how many of the commands 10000..30999 are in FILE
+# (each counted once, however many copies arrived).
+distinct_seqs() {
+	grep "/commands	" "$1" | sed -E 's/.*"seq":([0-9]+).*/\1/' |
+		awk '$1 >= 10000 && $1 < 31000' | sort -u | wc -l
+}
+
+# A Kafka outage while the input consumes, on a broker of the test's own
+# (never the run's shared one): it is stopped while commands flow to MQTT,
+# stays away for $IOTR_OUTAGE_SECONDS (default 15), comes back on the same
+# address with the same data, and more commands are produced.  Every command
+# arrives (at least once: a record whose offset was not committed yet may
+# be read again, so duplicates are counted, not refused), each vehicle's in
+# order, and the router neither crashes nor stops.
+kafka_outage() {
+	local own own_topic=$run.outage outage=${IOTR_OUTAGE_SECONDS:-15} conf_o
+	local sub4=$TEST_TMPDIR/sub4.tsv taken copies distinct order
+
+	start_kafka "$TEST_TMPDIR/kafka" || bail_out "the test's own Kafka broker did not start"
+	own=$KAFKA_BOOTSTRAP
+	produce_to "$own" "$own_topic" 10000 20000 ||
+		bail_out "producing to the test's own Kafka broker failed"
+	kill "$SUB_PID" 2>/dev/null
+	sub_start "$sub4"
+	conf_o=$(router_config rev-outage <<CONF
+router = { workers = 2; dead_letter_topic = "$run/dead"; };
+inputs = ( {
+	name = "commands"; plugin = "kafka"; brokers = "$own";
+	group_id = "$run-outage"; topics = [ "$own_topic" ];
+} );
+outputs = ( {
+	name = "vehicles"; plugin = "mqtt"; port = @MQTT_PORT@;
+	client_id = "$run-outage-out"; protocol = "5"; qos = 1;
+} );
+routes = ( {
+	name = "commands"; match = "$own_topic";
+	topic = "vehicles/\${key}/commands"; default_headers = false;
+} );
+CONF
+)
+	router_start "$conf_o" || bail_out "router did not start against the test's own Kafka"
+	wait_until 60 '[ "$(grep -c "/commands	" "$sub4")" -ge 1 ]' ||
+		diag "no command arrived within 60 s before the outage"
+	diag "Kafka stops when $(grep -c "/commands	" "$sub4") of the first 20000 commands are on MQTT"
+	stop_kafka || bail_out "tests/kafka/kafka.sh stop failed"
+	wait_until 60 "grep -q 'Kafka error .*(brokers $own)' '$ROUTER_LOG'"
+	assert_match "Kafka error [^ ]+: .*\(brokers $own\)" \
+		"$(grep 'Kafka error' "$ROUTER_LOG" | head -1)" \
+		"the router logs that Kafka is unreachable, naming the brokers"
+	sleep "$outage"   # the outage itself
+	taken=$(router_live_counter commands.received)
+	assert_match '^[0-9]+$' "$taken" \
+		"after ${outage}s without Kafka the router still runs and answers (it took ${taken:-?} records)"
+	start_kafka "$KAFKA_DIR" || bail_out "Kafka did not come back"
+	assert_eq "$own" "$KAFKA_BOOTSTRAP" "Kafka came back on the same address"
+	produce_to "$own" "$own_topic" 30000 1000 ||
+		bail_out "producing after Kafka came back failed"
+
+	wait_until 120 '[ "$(distinct_seqs "$sub4")" -ge 21000 ]' ||
+		diag "within 120 s of Kafka's return: $(distinct_seqs "$sub4") of 21000 commands"
+	distinct=$(distinct_seqs "$sub4")
+	copies=$(grep -c "/commands	" "$sub4")
+	diag "Kafka outage ${outage}s: sent=21000 delivered=$distinct missing=$((21000 - distinct)) duplicates=$((copies - distinct))"
+	assert_eq 21000 "$distinct" \
+		"a ${outage}s Kafka outage while consuming loses no command (all 21,000 reach MQTT)"
+	order=$(awk -F'\t' '$1 ~ /commands$/ {
+		match($3, /"seq":[0-9]+/); s = substr($3, RSTART + 6, RLENGTH - 6) + 0
+		if (seen[s]++) next
+		if ($1 in last && s < last[$1]) bad++
+		last[$1] = s
+	} END { print bad + 0 }' "$sub4")
+	assert_eq 0 "$order" "each vehicle's commands still arrive in the order they were produced"
+	assert_cmd "the router is still running after the outage" kill -0 "$ROUTER_PID"
+	router_stop
+	assert_eq 0 "$ROUTER_RC" "SIGTERM then stops it cleanly"
+	assert_ge 21000 "$(router_counter commands.received)" "the input counted every record it took"
+	assert_eq "0 $(router_counter router.received)" \
+		"$(router_counter router.lost) $(router_counter vehicles.delivered)" \
+		"none lost: every command taken was acknowledged by the MQTT broker"
+	stop_kafka
+}
+if kafka_available; then
+	kafka_outage
+else
+	skip "a Kafka outage while the input consumes" \
+		"cannot start a Kafka broker of the test's own (tests/kafka/kafka.sh fetch, java)"
+fi
 
 tap_done
