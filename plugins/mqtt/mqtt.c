@@ -115,6 +115,7 @@ struct mqtt_in {
 	const char **topics;
 	int *qos;               /* one per topic */
 	size_t n_topics;
+	int receive_maximum;
 	bool skip_retained;
 
 	struct mqtt_conn *conns;
@@ -426,9 +427,34 @@ static int mqtt_loop_once(struct mqttconn_session *s)
 	return mosquitto_loop(s->mosq, MQTT_LOOP_MS, 1);
 }
 
+/*
+ * mosquitto before 2.0.13 (Debian 12 ships 2.0.11) sends an MQTT 5 client
+ * more unacknowledged QoS 2 messages than its Receive Maximum once some are
+ * queued for it; libmosquitto drops the connection over that as a protocol
+ * error, and every reconnect ends the same way while the backlog lasts.
+ */
+static void mqtt_reconnect_note(struct mqttconn_session *s, char *buf,
+                                size_t size)
+{
+	struct mqtt_conn *c = s->owner;
+	struct mqtt_in *m = c->m;
+	bool qos2 = false;
+
+	for (size_t i = 0; i < m->n_topics; i++)
+		qos2 = qos2 || m->qos[i] == 2;
+	if (s->fail_rc != MOSQ_ERR_PROTOCOL || !qos2 ||
+	    m->cc.protocol != MQTT_PROTOCOL_V5)
+		return;
+	snprintf(buf, size, "; a mosquitto broker older than 2.0.13 does this "
+	         "at QoS 2 with messages queued: it sends more than "
+	         "receive_maximum (%d) at once; set receive_maximum = 65535, "
+	         "or qos = 1, or protocol = \"3.1.1\"", m->receive_maximum);
+}
+
 static const struct mqttconn_session_ops mqtt_session_ops = {
 	.loop_ms = MQTT_LOOP_MS,
 	.loop_once = mqtt_loop_once,
+	.reconnect_note = mqtt_reconnect_note,
 };
 
 /* -- configuration ------------------------------------------------------------- */
@@ -534,7 +560,7 @@ static int mqtt_conn_setup(struct mqtt_in *m, size_t i)
 	mosquitto_threaded_set(c->s.mosq, true);
 	mosquitto_int_option(c->s.mosq, MOSQ_OPT_PROTOCOL_VERSION, m->cc.protocol);
 	mosquitto_int_option(c->s.mosq, MOSQ_OPT_RECEIVE_MAXIMUM,
-	                     (int)host->param_int(inst, "receive_maximum"));
+	                     m->receive_maximum);
 
 	/* Credentials, TLS and the session expiry; the warnings that are the
 	 * same for every connection are logged by the first one only. */
@@ -580,6 +606,7 @@ static int mqtt_create(iotr_instance *inst, const struct iotr_host *host,
 		goto fail;
 	m->n_conns = (size_t)host->param_int(inst, "connections");
 	m->skip_retained = host->param_bool(inst, "skip_retained");
+	m->receive_maximum = (int)host->param_int(inst, "receive_maximum");
 
 	if ((rc = mqttconn_config_brokers(&m->cc)) != IOTR_OK ||
 	    (rc = mqtt_config_topics(m)) != IOTR_OK ||

@@ -213,6 +213,7 @@ static void mqttconn_fail_rc(struct mqttconn_session *s, int rc, int err)
 
 	mqttconn_describe_rc(why, sizeof(why), rc, err, s->lib_error);
 	mqttconn_fail(s, IOTR_LOG_WARNING, "%s", why);
+	s->fail_rc = rc;
 }
 
 /* Run the connection to the current broker until it fails, an attempt times
@@ -271,6 +272,7 @@ void *mqttconn_run(void *arg)
 		s->up_since = 0;
 		s->session_up = false;
 		s->fail_level = IOTR_LOG_WARNING;
+		s->fail_rc = 0;
 		s->fail_reason[0] = '\0';
 		s->lib_error[0] = '\0';
 
@@ -286,7 +288,7 @@ void *mqttconn_run(void *arg)
 		reason = s->fail_reason[0] ? s->fail_reason : "unknown reason";
 		if (s->up_since) {
 			int64_t up = mqttconn_now_ms() - s->up_since;
-			char note[128] = "";
+			char note[384] = "";
 
 			if (mqttconn_stop_requested(s)) {
 				cc->host->log(cc->inst, IOTR_LOG_NOTICE,

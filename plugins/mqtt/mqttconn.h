@@ -177,6 +177,7 @@ struct mqttconn_session {
 	                           0 if it has not */
 	bool session_up;        /* connected and not yet disconnected */
 	int fail_level;         /* log level for the current attempt's failure */
+	int fail_rc;            /* its MOSQ_ERR_* code, 0 if none */
 	char fail_reason[512];  /* why the current attempt failed, "" if unknown */
 	char lib_error[256];    /* libmosquitto's last error log line */
 };

@@ -2,7 +2,8 @@
 # mqtt_to_file.sh - a real mosquitto broker into the router, out through the
 # file plugin: routing by named captures, templates, default and MQTT 5
 # headers, unmatched and dead-lettered messages, oversized messages, per-key
-# order, and a clean stop that accounts for every message.
+# order, a clean stop that accounts for every message, and a QoS 2 backlog
+# waiting in a persistent session.
 . "$(dirname "$0")/../harness/lib.sh"
 . "$(dirname "$0")/../harness/router.sh"
 tmpdir_setup
@@ -100,5 +101,44 @@ assert_eq 2005 "$(router_counter router.received)" "the router counts every mess
 assert_eq 2005 "$(router_counter router.delivered)" "and every one delivered (dead letters included)"
 assert_eq 2 "$(router_counter router.dead_lettered)" "two were dead-lettered"
 assert_eq 0 "$(router_counter router.lost)" "none lost"
+
+# A QoS 2 backlog: 500 messages wait in two persistent sessions of the
+# router while it is away.  mosquitto before 2.0.13 (Debian 12 has 2.0.11)
+# then sends an MQTT 5 client more QoS 2 messages than its Receive Maximum,
+# which libmosquitto takes for a protocol error: the log must name the fix.
+# With receive_maximum = 65535 the whole backlog arrives, each message once.
+q2conf() { # NAME [INPUT SETTINGS]: a router for session q2-NAME into q2-NAME.jsonl
+	router_config "q2-$1" <<CONF
+inputs = ( {
+	name = "in"; plugin = "mqtt"; port = @MQTT_PORT@; client_id = "q2-$1";
+	topics = [ "q2/#" ]; qos = 2; clean_session = false; ${2:-}
+	reconnect_min_ms = 100; reconnect_max_ms = 500;
+} );
+outputs = ( { name = "out"; plugin = "file"; path = "@DIR@/q2-$1.jsonl"; } );
+routes = ( { match = "q2/+device"; topic = "q2"; key = "\${device}"; } );
+CONF
+}
+for s in default raised; do      # make both sessions, then leave
+	router_start "$(q2conf $s)" || bail_out "router did not start"
+	router_stop
+done
+seq 1 500 | mqtt_pub -q 2 -V mqttv5 -t q2/dev-1 -l ||
+	bail_out "publishing the QoS 2 backlog failed"
+router_start "$(q2conf default)" || bail_out "router did not start"
+wait_until 5 '[ "$(wc -l <"$TEST_TMPDIR/q2-default.jsonl" 2>/dev/null || echo 0)" -ge 500 ]'
+router_stop
+if [ "$(wc -l <"$TEST_TMPDIR/q2-default.jsonl")" -ge 500 ]; then
+	ok "with the default receive_maximum the broker sent the whole QoS 2 backlog"
+else
+	assert_match 'protocol error.*older than 2\.0\.13.*receive_maximum \(100\).*set receive_maximum = 65535' \
+		"$(grep 'disconnected from' "$ROUTER_LOG" | head -1)" \
+		"when the broker breaks Receive Maximum at QoS 2, the log says which setting avoids it"
+fi
+router_start "$(q2conf raised "receive_maximum = 65535;")" || bail_out "router did not start"
+wait_until 30 '[ "$(wc -l <"$TEST_TMPDIR/q2-raised.jsonl" 2>/dev/null || echo 0)" -ge 500 ]'
+router_stop
+sed -E 's/.*"payload":([0-9]+).*/\1/' "$TEST_TMPDIR/q2-raised.jsonl" >"$TEST_TMPDIR/q2.seq"
+assert_cmd "with receive_maximum = 65535 the whole QoS 2 backlog arrives, each message once, in order" \
+	cmp "$TEST_TMPDIR/q2.seq" <(seq 1 500)
 
 tap_done
