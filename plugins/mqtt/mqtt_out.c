@@ -555,8 +555,9 @@ static int mqtt_out_deliver(void *state, iotr_msg *msg)
 		return IOTR_OK;
 	case MOSQ_ERR_OVERSIZE_PACKET:
 		return mqtt_out_refuse(o, msg, "a message of %zu bytes to \"%s\" "
-		                       "(with topic and properties) exceeds the "
-		                       "maximum packet size of %" PRIu32 " bytes of "
+		                       "(payload; with its topic and properties) "
+		                       "exceeds the maximum packet size of %" PRIu32
+		                       " bytes of "
 		                       "MQTT broker %s; lower router.max_message_bytes "
 		                       "or raise the broker's max_packet_size", len,
 		                       topic, max_packet, mqtt_out_broker(o));
