@@ -1,7 +1,7 @@
 /*
  * bench-kafka-produce - the bare Kafka path of scripts/bench: a librdkafka
  * producer alone, with the kafka output plugin's defaults (acks=all,
- * idempotence, no message timeout, linger.ms=5), producing messages shaped
+ * idempotence, no message timeout, linger.ms=2), producing messages shaped
  * like iotrouter-sim's to one topic as fast as it can or at a set rate.
  *
  * It shows what Kafka and librdkafka alone accept from one producer on this
@@ -54,7 +54,7 @@ static const char *const prod_defaults[][2] = {
 	{ "acks", "all" },
 	{ "enable.idempotence", "true" },
 	{ "message.timeout.ms", "0" },
-	{ "linger.ms", "5" },
+	{ "linger.ms", "2" },
 };
 
 struct prod_opts {

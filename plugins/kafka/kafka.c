@@ -167,7 +167,10 @@ static const char *const kafka_out_defaults[][2] = {
 	 * router running without the write-ahead log; flush() purges instead
 	 * at the shutdown deadline */
 	{ "message.timeout.ms", "0" },
-	{ "linger.ms", "5" },
+	/* batches of up to 2 ms: at 5 (librdkafka's default) the p99 end to
+	 * end was 2 to 3 ms higher in scripts/bench, at no clear gain in rate
+	 * (doc/benchmark.md) */
+	{ "linger.ms", "2" },
 };
 
 static int64_t kafka_out_now_ms(void)
