@@ -181,22 +181,12 @@ kafka_outage() {
 		bail_out "producing to the test's own Kafka broker failed"
 	kill "$SUB_PID" 2>/dev/null
 	sub_start "$sub4"
-	conf_o=$(router_config rev-outage <<CONF
-router = { workers = 2; dead_letter_topic = "$run/dead"; };
-inputs = ( {
-	name = "commands"; plugin = "kafka"; brokers = "$own";
-	group_id = "$run-outage"; topics = [ "$own_topic" ];
-} );
-outputs = ( {
-	name = "vehicles"; plugin = "mqtt"; port = @MQTT_PORT@;
-	client_id = "$run-outage-out"; protocol = "5"; qos = 1;
-} );
-routes = ( {
-	name = "commands"; match = "$own_topic";
-	topic = "vehicles/\${key}/commands"; default_headers = false;
-} );
-CONF
-)
+	# the run's configuration, on this broker, topic, group and client id
+	conf_o=$(sed -e "s|brokers = \"[^\"]*\"|brokers = \"$own\"|" \
+		-e "s|group_id = \"$run\"|group_id = \"$run-outage\"|" \
+		-e "s|\"$topic\"|\"$own_topic\"|g" \
+		-e "s|client_id = \"$run-out\"|client_id = \"$run-outage-out\"|" \
+		"$conf" | router_config rev-outage)
 	router_start "$conf_o" || bail_out "router did not start against the test's own Kafka"
 	wait_until 60 '[ "$(grep -c "/commands	" "$sub4")" -ge 1 ]' ||
 		diag "no command arrived within 60 s before the outage"
