@@ -361,20 +361,14 @@ static const struct mqttconn_session_ops mqtt_out_session_ops = {
 
 /* -- deliver ------------------------------------------------------------------- */
 
-/* A header value as a C string for a property, or NULL if it cannot be one
- * (NUL bytes, or longer than MQTT allows); the caller frees it. */
-static char *mqtt_out_header_text(const void *value, size_t len)
+/* A header value as a C string for a property (the host ends every value
+ * with a NUL byte), or NULL if it cannot be one: NUL bytes in it, or
+ * longer than MQTT allows. */
+static const char *mqtt_out_header_text(const void *value, size_t len)
 {
-	char *s;
-
 	if (len > 65535 || (len && memchr(value, '\0', len)))
 		return NULL;
-	s = malloc(len + 1);
-	if (s) {
-		memcpy(s, value, len);
-		s[len] = '\0';
-	}
-	return s;
+	return value;
 }
 
 static void mqtt_out_skip_header(struct mqtt_out *o, const char *name,
@@ -401,7 +395,7 @@ static int mqtt_out_properties(struct mqtt_out *o, iotr_msg *msg,
 		const char *name;
 		const void *value;
 		size_t len;
-		char *text = NULL;
+		const char *text;
 		int rc;
 
 		if (h->msg_header_at(msg, i, &name, &value, &len) != IOTR_OK)
@@ -432,7 +426,6 @@ static int mqtt_out_properties(struct mqtt_out *o, iotr_msg *msg,
 			                                          MQTT_PROP_USER_PROPERTY,
 			                                          name, text);
 		}
-		free(text);
 		if (rc == MOSQ_ERR_NOMEM) {
 			mosquitto_property_free_all(props);
 			return IOTR_ENOMEM;

@@ -212,7 +212,9 @@ struct iotr_host {
 	/* Receive time, microseconds since the Unix epoch. */
 	int64_t (*msg_time)(const iotr_msg *msg);
 	/* Headers, in insertion order.  Names are NUL-terminated; values are
-	 * bytes.  header_at returns IOTR_EINVAL past the end. */
+	 * bytes, followed by a NUL byte that len does not count (every 1.x
+	 * host), so a value without NUL bytes in it is also a C string.
+	 * header_at returns IOTR_EINVAL past the end. */
 	size_t (*msg_header_count)(const iotr_msg *msg);
 	int (*msg_header_at)(const iotr_msg *msg, size_t i, const char **name,
 	                     const void **value, size_t *len);
