@@ -443,7 +443,7 @@ static void mqtt_reconnect_note(struct mqttconn_session *s, char *buf,
 	for (size_t i = 0; i < m->n_topics; i++)
 		qos2 = qos2 || m->qos[i] == 2;
 	if (s->fail_rc != MOSQ_ERR_PROTOCOL || !qos2 ||
-	    m->cc.protocol != MQTT_PROTOCOL_V5)
+	    m->cc.protocol != MQTT_PROTOCOL_V5 || m->receive_maximum == 65535)
 		return;
 	snprintf(buf, size, "; a mosquitto broker older than 2.0.13 does this "
 	         "at QoS 2 with messages queued: it sends more than "

@@ -174,6 +174,8 @@ bool mqttconn_session_ended(struct mqttconn_session *s, int rc, int err)
 		mqttconn_fail(s, IOTR_LOG_WARNING, "the broker closed the "
 		              "connection: %s", mosquitto_reason_string(rc));
 	else {
+		if (!s->fail_reason[0])
+			s->fail_rc = rc;
 		mqttconn_describe_rc(why, sizeof(why), rc, err, s->lib_error);
 		mqttconn_fail(s, IOTR_LOG_WARNING, "%s", why);
 	}
@@ -211,9 +213,11 @@ static void mqttconn_fail_rc(struct mqttconn_session *s, int rc, int err)
 {
 	char why[300];
 
+	/* the first failure of an attempt is the one reported (mqttconn_fail) */
+	if (!s->fail_reason[0])
+		s->fail_rc = rc;
 	mqttconn_describe_rc(why, sizeof(why), rc, err, s->lib_error);
 	mqttconn_fail(s, IOTR_LOG_WARNING, "%s", why);
-	s->fail_rc = rc;
 }
 
 /* Run the connection to the current broker until it fails, an attempt times
