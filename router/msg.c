@@ -538,14 +538,20 @@ size_t msg_size(const iotr_msg *msg)
  *   u8 version (1), u8 qos, u8 retain, u8 flags, i64 time_us,
  *   u16+bytes source instance, u32+bytes topic, u32+bytes payload,
  *   u32 header count, then per header u16+bytes name, u32+bytes value,
- *   then, if flags has MSG_RECORD_KEY, u32+bytes key
+ *   then, if flags has MSG_RECORD_KEY, u32+bytes key,
+ *   then, if flags has MSG_RECORD_DEST, u32+bytes destination topic
  *
  * An input may set a key (the kafka input: the record's key).  Records
  * without one keep flags 0, as every record had before keys were kept, so
- * a log written by an older router replays unchanged.
+ * a log written by an older router replays unchanged.  MSG_RECORD_MADE
+ * marks a message a transform made outside process(): the source is that
+ * transform, and a replay goes on after it rather than routing it again.
  */
 #define MSG_RECORD_VERSION 1
 #define MSG_RECORD_KEY 0x01
+#define MSG_RECORD_MADE 0x02
+#define MSG_RECORD_DEST 0x04
+#define MSG_RECORD_FLAGS (MSG_RECORD_KEY | MSG_RECORD_MADE | MSG_RECORD_DEST)
 
 int msg_buf_add(struct msg_buf *b, const void *data, size_t len)
 {
@@ -632,6 +638,20 @@ int msg_encode(const iotr_msg *msg, const char *source, struct msg_buf *b)
 	return IOTR_OK;
 }
 
+int msg_encode_made(const iotr_msg *msg, const char *transform,
+                    struct msg_buf *b)
+{
+	if (msg_encode(msg, transform, b))
+		return IOTR_ENOMEM;
+	b->data[3] |= MSG_RECORD_MADE;
+	if (msg->dest) {
+		b->data[3] |= MSG_RECORD_DEST;
+		if (put_bytes(b, msg->dest, strlen(msg->dest), 4))
+			return IOTR_ENOMEM;
+	}
+	return IOTR_OK;
+}
+
 struct reader {
 	const unsigned char *p, *end;
 };
@@ -674,7 +694,7 @@ iotr_msg *msg_decode(const void *data, size_t len, char *source,
 	iotr_msg *msg;
 
 	if (len < 12 || r.p[0] != MSG_RECORD_VERSION || r.p[1] > 2 ||
-	    r.p[2] > 1 || (r.p[3] & ~MSG_RECORD_KEY))
+	    r.p[2] > 1 || (r.p[3] & ~MSG_RECORD_FLAGS))
 		return NULL;
 	flags = r.p[3];
 	r.p += 4;
@@ -716,6 +736,22 @@ iotr_msg *msg_decode(const void *data, size_t len, char *source,
 		    msg_set_key(msg, key, key_len))
 			goto bad;
 	}
+	if (flags & MSG_RECORD_DEST) {
+		const void *dest;
+		size_t dest_len;
+		char *dest_z;
+		int rc;
+
+		if (get_bytes(&r, 4, &dest, &dest_len) ||
+		    memchr(dest, '\0', dest_len) ||
+		    !(dest_z = strndup(dest, dest_len)))
+			goto bad;
+		rc = msg_set_dest(msg, dest_z);
+		free(dest_z);
+		if (rc)
+			goto bad;
+	}
+	msg->made = (flags & MSG_RECORD_MADE) != 0;
 	if (r.p != r.end)
 		goto bad;
 	if (source && sourcelen) {

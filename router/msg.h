@@ -49,6 +49,9 @@ struct iotr_msg {
 	                               * the unmatched / dead-letter output */
 	size_t stage;           /* next transform of route->transforms to run */
 	unsigned dead_letter:1; /* on its way to the dead-letter topic */
+	unsigned made:1;        /* decoded from a record a transform made
+	                         * outside process(): the record's source
+	                         * names that transform (msg_encode_made) */
 	unsigned retries;       /* redeliveries after IOTR_ERETRY */
 	json_t *json;           /* payload parsed on first ${json:...}, or NULL */
 	int json_state;         /* 0 not parsed, 1 parsed, -1 not JSON */
@@ -77,6 +80,8 @@ iotr_msg *msg_new(const char *topic, const void *payload, size_t len);
 void *msg_alloc(iotr_msg *msg, size_t size);
 /* Free a part msg_alloc() gave (nothing to do for the spare room's). */
 void msg_release(const iotr_msg *msg, void *part);
+/* A deep copy, without the log record (wal_id, wal_share, wal_keep): a
+ * clone that is emitted gets its own share of one (pipeline.c). */
 iotr_msg *msg_clone(const iotr_msg *msg);
 /* n capture strings (NULL allowed) copied into one allocation: the array
  * followed by the strings; one free() releases it. */
@@ -135,8 +140,17 @@ void msg_buf_release(struct msg_buf *b);
  * done).  Returns IOTR_OK or IOTR_ENOMEM.
  */
 int msg_encode(const iotr_msg *msg, const char *source, struct msg_buf *b);
+/*
+ * The record of a message a transform made outside process() (on_tick, its
+ * stop: a closed window), which no input handed over: as msg_encode(), with
+ * the transform's instance name as the source, marked so that a replay goes
+ * on after that transform, and with the destination topic if one is set.
+ */
+int msg_encode_made(const iotr_msg *msg, const char *transform,
+                    struct msg_buf *b);
 /* The message back from a record, and its input's name in source (may be
- * NULL); NULL if the record is not a valid one. */
+ * NULL); NULL if the record is not a valid one.  For a record of
+ * msg_encode_made(), msg->made is set and source is the transform's name. */
 iotr_msg *msg_decode(const void *data, size_t len, char *source,
                      size_t sourcelen);
 

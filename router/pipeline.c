@@ -3,7 +3,9 @@
  *
  * Locks: each worker queue has its own mutex; `inflight` (messages accepted
  * and not yet finished) is atomic, with drain_lock/drain_cond only to wake
- * pipeline_drain().  Config, routes and instances are read-only here.
+ * pipeline_drain(); so is a struct wal_share's count, which messages on
+ * different workers share; appends to the write-ahead log and the record
+ * buffer take wal_lock.  Config, routes and instances are read-only here.
  *
  * Every accepted message ends in exactly one of: delivered (a dead letter
  * that reached the dead-letter topic counts here too), dropped by a
@@ -676,6 +678,43 @@ int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg)
 	return admit(p, msg, PUSH_BLOCK);
 }
 
+static int after_transform(const struct router_config *cfg,
+                           const struct iotr_instance *t,
+                           struct emit_ctx *ctx);
+
+/* A record a transform made (see wal_made) goes on after that transform,
+ * without being routed again.  As replay_record(). */
+static int replay_made(struct pipeline *p, uint64_t id, iotr_msg *msg,
+                       const char *name)
+{
+	struct iotr_instance *t = config_instance(p->cfg, name);
+	struct emit_ctx at = { NULL, NULL, 0, NULL, NULL };
+	int rc;
+
+	msg->wal_id = id;
+	metrics_add(p->wal_replayed, 1);
+	atomic_fetch_add(&p->inflight, 1);
+	if (!t || t->kind != IOTR_PLUGIN_TRANSFORM ||
+	    after_transform(p->cfg, t, &at)) {
+		char why[400];
+
+		snprintf(why, sizeof(why), "write-ahead log record %llu was "
+		         "made by transform '%.200s', which no route of this "
+		         "configuration has", (unsigned long long)id, name);
+		lose(p, msg, why);
+		return 0;
+	}
+	msg->route = at.route;
+	msg->stage = at.stage;
+	msg->output = at.output;
+	rc = queue_push(p, &worker_for(p, msg)->q, msg, PUSH_UNTIL_STOP);
+	if (rc == IOTR_OK)
+		return 0;
+	msg_free(msg);          /* the log still has it */
+	inflight_done(p);
+	return rc == IOTR_ESHUTDOWN ? -1 : 0;
+}
+
 /* One record from the log back into the pipeline.  Returns 0, or -1 when
  * the router began to stop (the record stays in the log). */
 static int replay_record(struct pipeline *p, uint64_t id, void *data,
@@ -692,6 +731,8 @@ static int replay_record(struct pipeline *p, uint64_t id, void *data,
 		wal_release(p->wal, id);
 		return 0;
 	}
+	if (msg->made)
+		return replay_made(p, id, msg, source);
 	src = config_instance(p->cfg, source);
 	msg->source = src && src->kind == IOTR_PLUGIN_INPUT ? src : NULL;
 	msg->wal_id = id;
@@ -836,10 +877,28 @@ static int run_transforms(struct worker *w, iotr_msg *msg)
 	return 1;
 }
 
+/* Where a message t made outside process() goes on: after t, in the first
+ * route that has it.  0, or -1 when no route has t. */
+static int after_transform(const struct router_config *cfg,
+                           const struct iotr_instance *t, struct emit_ctx *ctx)
+{
+	size_t k, s;
+
+	for (k = 0; k < cfg->nroutes; k++)
+		for (s = 0; s < cfg->routes[k].ntransforms; s++)
+			if (cfg->routes[k].transforms[s] == t) {
+				ctx->route = &cfg->routes[k];
+				ctx->stage = s + 1;
+				ctx->output = cfg->routes[k].output;
+				return 0;
+			}
+	return -1;
+}
+
 static void run_ticks(struct worker *w, int64_t now_us)
 {
 	struct router_config *cfg = w->p->cfg;
-	size_t i, k;
+	size_t i;
 
 	for (i = 0; i < cfg->ninstances; i++) {
 		struct iotr_instance *t = cfg->instances[i];
@@ -847,23 +906,7 @@ static void run_ticks(struct worker *w, int64_t now_us)
 
 		if (t->kind != IOTR_PLUGIN_TRANSFORM || !t->tick_ms ||
 		    t->plugin->size <= offsetof(struct iotr_plugin, tick) ||
-		    !t->plugin->tick)
-			continue;
-		/* Messages made in a tick go on after this transform in the
-		 * first route that uses it. */
-		for (k = 0; k < cfg->nroutes && !ctx.route; k++) {
-			size_t s;
-
-			for (s = 0; s < cfg->routes[k].ntransforms; s++) {
-				if (cfg->routes[k].transforms[s] == t) {
-					ctx.route = &cfg->routes[k];
-					ctx.stage = s + 1;
-					ctx.output = cfg->routes[k].output;
-					break;
-				}
-			}
-		}
-		if (!ctx.route)
+		    !t->plugin->tick || after_transform(cfg, t, &ctx))
 			continue;
 		current_ctx = &ctx;
 		t->plugin->tick(t->state, now_us);
@@ -902,6 +945,46 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
+/*
+ * A message t made outside process() (a tick, its stop: a closed window)
+ * has no input's record to share, so it gets one of its own, which a
+ * replay continues after t.  Then it is queued like any emitted message,
+ * unless the router is spilling: then it waits in the log, in order.
+ */
+static int wal_made(struct pipeline *p, struct iotr_instance *t, iotr_msg *msg)
+{
+	uint64_t id = 0;
+	int rc;
+
+	metrics_add(p->received, 1);
+	pthread_mutex_lock(&p->wal_lock);
+	rc = msg_encode_made(msg, t->name, &p->record);
+	if (rc == IOTR_OK) {
+		rc = wal_append(p->wal, p->record.data, p->record.len, &id);
+		/* nothing may wait in a tick: past the cap, as at a stop */
+		if (rc == WAL_EFULL)
+			rc = wal_append_over_cap(p->wal, p->record.data,
+			                         p->record.len, &id);
+	}
+	if (rc == IOTR_OK) {
+		metrics_add(p->wal_appended, 1);
+		if (p->spilling) {
+			metrics_add(p->wal_spilled, 1);
+			pthread_mutex_unlock(&p->wal_lock);
+			msg_free(msg);
+			return IOTR_OK;
+		}
+		msg->wal_id = id;
+	}
+	pthread_mutex_unlock(&p->wal_lock);
+	if (rc != IOTR_OK)
+		log_error("write-ahead log in %s: cannot log a message "
+		          "transform '%s' made (%d); it goes on unlogged",
+		          p->cfg->wal_dir, t->name, rc);
+	atomic_fetch_add(&p->inflight, 1);
+	return queue_push(p, &worker_for(p, msg)->q, msg, PUSH_FORCE);
+}
+
 int pipeline_transform_emit(struct iotr_instance *t, iotr_msg *msg)
 {
 	struct emit_ctx *ctx = current_ctx;
@@ -928,6 +1011,8 @@ int pipeline_transform_emit(struct iotr_instance *t, iotr_msg *msg)
 	}
 	if (ctx->parent && ctx->parent->wal_id && !msg->wal_id)
 		wal_share_with(ctx->parent, msg);
+	else if (!ctx->parent && p->wal && !msg->wal_id)
+		return wal_made(p, t, msg);
 	atomic_fetch_add(&p->inflight, 1);
 	metrics_add(p->received, 1);
 	return queue_push(p, &worker_for(p, msg)->q, msg, PUSH_FORCE);
@@ -936,19 +1021,10 @@ int pipeline_transform_emit(struct iotr_instance *t, iotr_msg *msg)
 void pipeline_stop_transform(struct pipeline *p, struct iotr_instance *t)
 {
 	struct emit_ctx ctx = { &p->workers[0], NULL, 0, NULL, NULL };
-	size_t k, s;
 
 	if (!t->plugin->stop)
 		return;
-	for (k = 0; k < p->cfg->nroutes && !ctx.route; k++)
-		for (s = 0; s < p->cfg->routes[k].ntransforms; s++)
-			if (p->cfg->routes[k].transforms[s] == t) {
-				ctx.route = &p->cfg->routes[k];
-				ctx.stage = s + 1;
-				ctx.output = p->cfg->routes[k].output;
-				break;
-			}
-	current_ctx = ctx.route ? &ctx : NULL;
+	current_ctx = after_transform(p->cfg, t, &ctx) == 0 ? &ctx : NULL;
 	t->plugin->stop(t->state);
 	current_ctx = NULL;
 }

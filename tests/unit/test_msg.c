@@ -571,6 +571,46 @@ START_TEST(record_round_trip_keeps_what_the_input_gave)
 }
 END_TEST
 
+/* A message a transform made outside process() keeps, through the log, the
+ * transform that made it and its destination; every truncation fails. */
+START_TEST(record_of_a_made_message)
+{
+	iotr_msg *msg = msg_new("sensors/site-1/dev-1/temperature", "{\"avg\":21}", 11);
+	iotr_msg *back;
+	struct msg_buf b = { 0 };
+	char source[64];
+
+	ck_assert_int_eq(msg_set_key(msg, "dev-1", 5), IOTR_OK);
+	ck_assert_int_eq(msg_set_dest(msg, "iot.windows"), IOTR_OK);
+	ck_assert_int_eq(msg_encode_made(msg, "window_stats", &b), IOTR_OK);
+	ck_assert_ptr_nonnull(back = msg_decode(b.data, b.len, source, sizeof(source)));
+	ck_assert(back->made);
+	ck_assert_str_eq(source, "window_stats");
+	ck_assert_str_eq(back->dest, "iot.windows");
+	ck_assert_str_eq(back->topic, "sensors/site-1/dev-1/temperature");
+	ck_assert_mem_eq(back->key, "dev-1", 5);
+	ck_assert_mem_eq(back->payload, "{\"avg\":21}", 11);
+	msg_free(back);
+	for (size_t cut = 0; cut < b.len; cut++)
+		ck_assert_ptr_null(msg_decode(b.data, cut, NULL, 0));
+	msg_free(msg);
+
+	/* without a destination; and an input's record is not "made" */
+	msg = msg_new("a/b", "p", 1);
+	ck_assert_int_eq(msg_encode_made(msg, "rule", &b), IOTR_OK);
+	ck_assert_ptr_nonnull(back = msg_decode(b.data, b.len, NULL, 0));
+	ck_assert(back->made);
+	ck_assert_ptr_null(back->dest);
+	msg_free(back);
+	ck_assert_int_eq(msg_encode(msg, "in", &b), IOTR_OK);
+	ck_assert_ptr_nonnull(back = msg_decode(b.data, b.len, NULL, 0));
+	ck_assert(!back->made);
+	msg_free(back);
+	msg_free(msg);
+	free(b.data);
+}
+END_TEST
+
 /* A key an input set (the kafka input: the record's key) survives the log,
  * bytes and all; a record of a router that kept no keys still reads. */
 START_TEST(record_keeps_the_inputs_key)
@@ -668,6 +708,7 @@ static Suite *msg_suite(void)
 
 	tc = tcase_create("size");
 	tcase_add_test(tc, size_counts_everything_a_message_carries);
+	tcase_add_test(tc, record_of_a_made_message);
 	suite_add_tcase(s, tc);
 	return s;
 }
