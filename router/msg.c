@@ -694,7 +694,9 @@ iotr_msg *msg_decode(const void *data, size_t len, char *source,
 	iotr_msg *msg;
 
 	if (len < 12 || r.p[0] != MSG_RECORD_VERSION || r.p[1] > 2 ||
-	    r.p[2] > 1 || (r.p[3] & ~MSG_RECORD_FLAGS))
+	    r.p[2] > 1 || (r.p[3] & ~MSG_RECORD_FLAGS) ||
+	    /* only a made record keeps its destination */
+	    (r.p[3] & (MSG_RECORD_DEST | MSG_RECORD_MADE)) == MSG_RECORD_DEST)
 		return NULL;
 	flags = r.p[3];
 	r.p += 4;

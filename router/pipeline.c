@@ -407,6 +407,16 @@ static void dead_letter(struct pipeline *p, iotr_msg *msg, const char *reason)
 		lose(p, msg, why);
 		return;
 	}
+	if (atomic_load(&p->quit)) {
+		/* An output's final flush() refused it: no worker is left to
+		 * take it to the dead-letter topic. */
+		char why[1024];
+
+		snprintf(why, sizeof(why), "%s (after the workers had stopped, "
+		         "so not dead-lettered)", reason);
+		defer(p, msg, why);
+		return;
+	}
 	log_warning("dead-lettering message from topic '%s' (%s) to '%s': %s",
 	            msg->topic, route, cfg->dead_letter_topic, reason);
 	msg_remove_header(msg, "iotrouter.error");
@@ -999,7 +1009,12 @@ int pipeline_transform_emit(struct iotr_instance *t, iotr_msg *msg)
 		msg_free(msg);
 		return IOTR_EINVAL;
 	}
-	if (!msg->route && ctx->route) {
+	/* What process() makes stays on its message's route; what a tick or
+	 * a stop makes goes on in the first route that has the transform,
+	 * where a replay of its record (replay_made) sends it too. */
+	if ((!msg->route || !ctx->parent) && ctx->route &&
+	    msg->route != ctx->route) {
+		msg_release(msg, msg->captures);
 		msg->route = ctx->route;
 		msg->captures = NULL;
 	}

@@ -593,6 +593,9 @@ START_TEST(record_of_a_made_message)
 	msg_free(back);
 	for (size_t cut = 0; cut < b.len; cut++)
 		ck_assert_ptr_null(msg_decode(b.data, cut, NULL, 0));
+	/* only a made record may carry a destination */
+	b.data[3] &= ~0x02;
+	ck_assert_ptr_null(msg_decode(b.data, b.len, NULL, 0));
 	msg_free(msg);
 
 	/* without a destination; and an input's record is not "made" */
