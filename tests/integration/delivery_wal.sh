@@ -109,6 +109,22 @@ assert_cmd "only the two damaged records are missing ($report)" test "$MISSING" 
 assert_eq 0 "$ROUTER_RC" "and it stops cleanly"
 
 # 4. fan-out
+
+# both_copies NAME COUNT WHEN: wait for COUNT readings in $run.NAME-a and
+# $run.NAME-b, stop the router, and check that no reading's copy is missing.
+both_copies() {
+	local copy
+	for copy in a b; do
+		wait_kafka_count "$KAFKA" "$run.$1-$copy" "$2" 60 >/dev/null
+	done
+	router_stop
+	for copy in a b; do
+		kafka_payloads "$KAFKA" "$run.$1-$copy" >"$TEST_TMPDIR/$1-$copy.payloads"
+		seq_report "$2" "$TEST_TMPDIR/$1-$copy.payloads"
+		echo "# $1, copy $copy: $REPORT"
+		assert_eq 0 "$MISSING" "$3, every reading's copy $copy arrives ($REPORT)"
+	done
+}
 cat >"$TEST_TMPDIR/fanout.lua" <<'LUA'
 -- each reading becomes two new messages; the reading itself goes no further
 function on_message(msg)
@@ -147,17 +163,7 @@ wait "$ROUTER_PID" 2>/dev/null
 router_start "$TEST_TMPDIR/fanout-up.conf" || bail_out "router did not restart"
 assert_cmd "the restarted router finds the readings in its log" \
 	grep -q "holds [0-9]* undelivered messages from before" "$ROUTER_LOG"
-for copy in a b; do
-	wait_kafka_count "$KAFKA" "$run.fanout-$copy" 1000 60 >/dev/null
-done
-router_stop
-for copy in a b; do
-	kafka_payloads "$KAFKA" "$run.fanout-$copy" >"$TEST_TMPDIR/fanout-$copy.payloads"
-	seq_report 1000 "$TEST_TMPDIR/fanout-$copy.payloads"
-	report=$REPORT
-	echo "# fan-out, copy $copy: $report"
-	assert_eq 0 "$MISSING" "after kill -9, every reading's copy $copy arrives ($report)"
-done
+both_copies fanout 1000 "after kill -9"
 assert_eq 0 "$ROUTER_RC" "and it stops cleanly"
 router_start "$TEST_TMPDIR/fanout-up.conf" || bail_out "router did not restart"
 router_stop
@@ -175,15 +181,7 @@ router_stop
 assert_eq "0 1000" "$(router_counter router.lost) $(router_counter router.deferred)" \
 	"stopped while Kafka is away, the 1000 copies are deferred, none lost"
 router_start "$TEST_TMPDIR/fanstop-up.conf" || bail_out "router did not restart"
-for copy in a b; do
-	wait_kafka_count "$KAFKA" "$run.fanstop-$copy" 500 60 >/dev/null
-done
-router_stop
-for copy in a b; do
-	kafka_payloads "$KAFKA" "$run.fanstop-$copy" >"$TEST_TMPDIR/fanstop-$copy.payloads"
-	seq_report 500 "$TEST_TMPDIR/fanstop-$copy.payloads"
-	assert_eq 0 "$MISSING" "the next start sends every reading's copy $copy ($REPORT)"
-done
+both_copies fanstop 500 "after a stop while Kafka was away"
 
 # 6. windows flushed at a stop while Kafka is away
 down=$(router_config windows <<CONF
@@ -194,14 +192,13 @@ inputs = ( {
 	clean_session = false;
 } );
 transforms = ( { name = "win"; plugin = "lua"; tick_ms = 250;
-	script = "@SRC@/scripts/rules/window_stats.lua";
+	script = "$IOTR_SRCDIR/scripts/rules/window_stats.lua";
 	vars = [ "window_seconds=600", "stats_topic=$run.windows" ]; } );
 outputs = ( { name = "kafka"; plugin = "kafka"; brokers = "127.0.0.1:1"; } );
 routes = ( { match = "$run/windows/+site/+device/+sensor"; topic = "$run.raw";
 	key = "\${device}"; transforms = [ "win" ]; } );
 CONF
 )
-sed -i "s|@SRC@|$IOTR_SRCDIR|" "$down"
 sed "s|127.0.0.1:1|$KAFKA|" "$down" >"$TEST_TMPDIR/windows-up.conf"
 router_start "$down" || bail_out "router did not start"
 sim --devices 5 --count 300 --rate 0 --qos 1 --topic "$run/windows/{site}/{device}/{sensor}"
