@@ -394,6 +394,11 @@ static void read_instance(struct reader *rd, const config_setting_t *g,
 		    plugin_kind_name(kind));
 		return;
 	}
+	if (strlen(name) > CONF_NAME_MAX) {
+		ERR(rd, g, "the name '%.40s...' is %zu bytes long; a name may "
+		    "have at most %d", name, strlen(name), CONF_NAME_MAX);
+		return;
+	}
 	if (config_instance(cfg, name)) {
 		ERR(rd, g, "the name '%s' is used twice; each input, transform "
 		    "and output needs its own name", name);

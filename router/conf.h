@@ -12,6 +12,10 @@
 #include "instance.h"
 #include "route.h"
 
+/* The longest name of an input, transform or output: the write-ahead log
+ * keeps it with each record (the source of a message). */
+#define CONF_NAME_MAX 255
+
 /* Problems found in a config, each as "FILE:LINE: message". */
 struct cfg_errors {
 	char **lines;

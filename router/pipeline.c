@@ -730,7 +730,7 @@ static int replay_made(struct pipeline *p, uint64_t id, iotr_msg *msg,
 static int replay_record(struct pipeline *p, uint64_t id, void *data,
                          size_t len)
 {
-	char source[256];
+	char source[CONF_NAME_MAX + 1];
 	iotr_msg *msg = msg_decode(data, len, source, sizeof(source));
 	struct iotr_instance *src;
 

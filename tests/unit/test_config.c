@@ -591,6 +591,19 @@ START_TEST(duplicate_instance_names)
 }
 END_TEST
 
+START_TEST(instance_name_too_long)
+{
+	char text[1024];
+
+	snprintf(text, sizeof(text), INPUT ROUTE "outputs = ( { name = \"out\"; "
+	         "plugin = \"stdout\"; },\n  { name = \"%0256d\"; "
+	         "plugin = \"stdout\"; } );\n", 0);
+	load_fails(text, 1);
+	expect_error(line_of("  { name = \"0000"), "is 256 bytes long",
+	             "a name may have at most 255", NULL);
+}
+END_TEST
+
 START_TEST(instance_without_name_or_plugin)
 {
 	load_fails(INPUT ROUTE
@@ -872,6 +885,7 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, wrong_parameter_type);
 	tcase_add_test(tc, parameter_range_from_schema);
 	tcase_add_test(tc, duplicate_instance_names);
+	tcase_add_test(tc, instance_name_too_long);
 	tcase_add_test(tc, instance_without_name_or_plugin);
 	tcase_add_test(tc, tick_ms_only_for_transforms);
 	suite_add_tcase(s, tc);
