@@ -688,9 +688,23 @@ int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg)
 	return admit(p, msg, PUSH_BLOCK);
 }
 
+/* Where a message t made outside process() goes on: after t, in the first
+ * route that has it.  0, or -1 when no route has t. */
 static int after_transform(const struct router_config *cfg,
-                           const struct iotr_instance *t,
-                           struct emit_ctx *ctx);
+                           const struct iotr_instance *t, struct emit_ctx *ctx)
+{
+	size_t k, s;
+
+	for (k = 0; k < cfg->nroutes; k++)
+		for (s = 0; s < cfg->routes[k].ntransforms; s++)
+			if (cfg->routes[k].transforms[s] == t) {
+				ctx->route = &cfg->routes[k];
+				ctx->stage = s + 1;
+				ctx->output = cfg->routes[k].output;
+				return 0;
+			}
+	return -1;
+}
 
 /* A record a transform made (see wal_made) goes on after that transform,
  * without being routed again.  As replay_record(). */
@@ -885,24 +899,6 @@ static int run_transforms(struct worker *w, iotr_msg *msg)
 		return 0;
 	}
 	return 1;
-}
-
-/* Where a message t made outside process() goes on: after t, in the first
- * route that has it.  0, or -1 when no route has t. */
-static int after_transform(const struct router_config *cfg,
-                           const struct iotr_instance *t, struct emit_ctx *ctx)
-{
-	size_t k, s;
-
-	for (k = 0; k < cfg->nroutes; k++)
-		for (s = 0; s < cfg->routes[k].ntransforms; s++)
-			if (cfg->routes[k].transforms[s] == t) {
-				ctx->route = &cfg->routes[k];
-				ctx->stage = s + 1;
-				ctx->output = cfg->routes[k].output;
-				return 0;
-			}
-	return -1;
 }
 
 static void run_ticks(struct worker *w, int64_t now_us)

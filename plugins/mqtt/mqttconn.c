@@ -160,10 +160,21 @@ void mqttconn_fail(struct mqttconn_session *s, int level, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* Record a failed libmosquitto call; err is errno right after it. */
+static void mqttconn_fail_rc(struct mqttconn_session *s, int rc, int err)
+{
+	char why[300];
+
+	/* the first failure of an attempt is the one reported (mqttconn_fail) */
+	if (!s->fail_reason[0])
+		s->fail_rc = rc;
+	mqttconn_describe_rc(why, sizeof(why), rc, err, s->lib_error);
+	mqttconn_fail(s, IOTR_LOG_WARNING, "%s", why);
+}
+
 bool mqttconn_session_ended(struct mqttconn_session *s, int rc, int err)
 {
 	bool was_up = s->session_up;
-	char why[300];
 
 	s->session_up = false;
 	/* rc is a MOSQ_ERR_* code, except after a DISCONNECT packet from an
@@ -173,12 +184,8 @@ bool mqttconn_session_ended(struct mqttconn_session *s, int rc, int err)
 	else if (rc >= 0x80)
 		mqttconn_fail(s, IOTR_LOG_WARNING, "the broker closed the "
 		              "connection: %s", mosquitto_reason_string(rc));
-	else {
-		if (!s->fail_reason[0])
-			s->fail_rc = rc;
-		mqttconn_describe_rc(why, sizeof(why), rc, err, s->lib_error);
-		mqttconn_fail(s, IOTR_LOG_WARNING, "%s", why);
-	}
+	else
+		mqttconn_fail_rc(s, rc, err);
 	return was_up;
 }
 
@@ -206,18 +213,6 @@ static bool mqttconn_sleep(struct mqttconn_session *s, int64_t ms)
 	stop = *s->stop_requested;
 	pthread_mutex_unlock(s->lock);
 	return !stop;
-}
-
-/* Record a failed libmosquitto call; err is errno right after it. */
-static void mqttconn_fail_rc(struct mqttconn_session *s, int rc, int err)
-{
-	char why[300];
-
-	/* the first failure of an attempt is the one reported (mqttconn_fail) */
-	if (!s->fail_reason[0])
-		s->fail_rc = rc;
-	mqttconn_describe_rc(why, sizeof(why), rc, err, s->lib_error);
-	mqttconn_fail(s, IOTR_LOG_WARNING, "%s", why);
 }
 
 /* Run the connection to the current broker until it fails, an attempt times
