@@ -102,6 +102,8 @@ struct mqtt_conn {
 
 	/* Loop thread only (and the callbacks, which run on it). */
 	bool had_session;       /* a persistent session was set up before */
+	unsigned long messages; /* on_message calls: mqtt_loop_plain() reads
+	                           on without asking the socket after one */
 };
 
 struct mqtt_in {
@@ -329,6 +331,7 @@ static void mqtt_on_message(struct mosquitto *mosq, void *obj,
 	int rc;
 
 	(void)mosq;
+	c->messages++;
 	h->counter_add(m->received, 1);
 	if (m->skip_retained && mm->retain) {
 		h->counter_add(m->retained_skipped, 1);
@@ -378,17 +381,21 @@ static bool mqtt_readable(int fd)
  * mosquitto_loop() does the same but reads one packet per select() call,
  * and that select() was a sixth of the input's cost per message at high
  * rates.  mosquitto_loop_read() reads one packet (it ignores max_packets
- * for a subscriber) and leaves errno at EAGAIN when the socket had no more,
- * but also when anything else in it met EAGAIN: queuing a PUBACK writes a
- * byte to libmosquitto's wake-up socket pair, which only mosquitto_loop()
- * drains, so once that pair is full every QoS 1 packet ends in EAGAIN.  So
- * EAGAIN only sends the loop to ask the socket itself (mqtt_readable).
- * TLS connections keep mosquitto_loop(), which also drives the handshake
- * and data buffered inside the TLS library.
+ * for a subscriber).  After a message the loop reads on at once: there is
+ * likely more, and a read that finds nothing costs no more than asking.
+ * Otherwise errno tells little: EAGAIN when the socket had no more, but
+ * also when anything else in it met EAGAIN (queuing a PUBACK writes a byte
+ * to libmosquitto's wake-up socket pair, which only mosquitto_loop()
+ * drains, so once that pair is full every QoS 1 packet ends in EAGAIN).
+ * So then the loop asks the socket itself (mqtt_readable).  TLS
+ * connections keep mosquitto_loop(), which also drives the handshake and
+ * data buffered inside the TLS library.
  */
-static int mqtt_loop_plain(struct mosquitto *mosq)
+static int mqtt_loop_plain(struct mqtt_conn *c)
 {
+	struct mosquitto *mosq = c->s.mosq;
 	struct pollfd pfd = { .fd = mosquitto_socket(mosq), .events = POLLIN };
+	unsigned long seen;
 	int i, rc;
 
 	if (pfd.fd < 0)
@@ -399,13 +406,15 @@ static int mqtt_loop_plain(struct mosquitto *mosq)
 		return errno == EINTR ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ERRNO;
 	if (pfd.revents & (POLLIN | POLLERR | POLLHUP)) {
 		for (i = 0; i < MQTT_READ_BATCH; i++) {
+			seen = c->messages;
 			errno = 0;
 			rc = mosquitto_loop_read(mosq, 1);
 			if (rc != MOSQ_ERR_SUCCESS)
 				return rc;
 			if (mosquitto_socket(mosq) < 0)
 				break;
-			if ((errno == EAGAIN || errno == EWOULDBLOCK) &&
+			if (c->messages == seen &&
+			    (errno == EAGAIN || errno == EWOULDBLOCK) &&
 			    !mqtt_readable(pfd.fd))
 				break;
 		}
@@ -423,7 +432,7 @@ static int mqtt_loop_plain(struct mosquitto *mosq)
 static int mqtt_loop_once(struct mqttconn_session *s)
 {
 	if (s->session_up && !s->cc->tls)
-		return mqtt_loop_plain(s->mosq);
+		return mqtt_loop_plain(s->owner);
 	return mosquitto_loop(s->mosq, MQTT_LOOP_MS, 1);
 }
 
