@@ -49,6 +49,7 @@ struct lat_opts {
 	const char *topic;
 	int partitions;
 	int fetch_wait_ms;
+	int fetch_min_bytes;
 	struct bench_tally_opts tally;
 };
 
@@ -83,6 +84,10 @@ static void lat_usage(FILE *f)
 "      --fetch-wait-ms MS    fetch.wait.max.ms (default 10: a mock cluster\n"
 "                            holds every empty fetch this long, even when\n"
 "                            records arrive meanwhile)\n"
+"      --fetch-min-bytes N   fetch.min.bytes (default 1: a real broker answers\n"
+"                            a fetch at the first record; more lets it\n"
+"                            gather records for up to --fetch-wait-ms, so\n"
+"                            that counting costs the broker fewer fetches)\n"
 "      --max-samples N       latency samples kept (default %lu)\n"
 "      --samples-file FILE   write each message's age in microseconds to\n"
 "                            FILE, one a line, in arrival order\n"
@@ -97,10 +102,12 @@ static void lat_parse_args(struct lat_opts *o, int argc, char **argv)
 		{ "topic", 't', .text = &o->topic },
 		{ "partitions", 0, .i = &o->partitions, .min = 1, .max = 1024 },
 		{ "fetch-wait-ms", 0, .i = &o->fetch_wait_ms, .min = 0, .max = 60000 },
+		{ "fetch-min-bytes", 0, .i = &o->fetch_min_bytes, .min = 1, .max = 100000000 },
 		{ .name = NULL }
 	};
 
-	*o = (struct lat_opts){ .partitions = 4, .fetch_wait_ms = 10 };
+	*o = (struct lat_opts){ .partitions = 4, .fetch_wait_ms = 10,
+	                         .fetch_min_bytes = 1 };
 	bench_tally_opts_init(&o->tally);
 	bench_parse_options(argc, argv, options, BENCH_TALLY_OPTIONS(&o->tally),
 			    lat_usage);
@@ -213,7 +220,7 @@ int main(int argc, char **argv)
 	struct bench_tally *t = &l->tally;
 	enum bench_tally_state state = BENCH_RUNNING;
 	rd_kafka_conf_t *conf;
-	char errstr[512], group[64], fetch_wait[16];
+	char errstr[512], group[64], fetch_wait[16], fetch_min[16];
 	char *brokers = NULL;
 	int64_t deadline;
 	int nparts, eofs = 0, status = 1;
@@ -240,6 +247,7 @@ int main(int argc, char **argv)
 	conf = rd_kafka_conf_new();
 	snprintf(group, sizeof(group), LAT_NAME "-%ld", (long)getpid());
 	snprintf(fetch_wait, sizeof(fetch_wait), "%d", l->opt.fetch_wait_ms);
+	snprintf(fetch_min, sizeof(fetch_min), "%d", l->opt.fetch_min_bytes);
 	/* assign() needs a group id but joins no group; nothing is committed.
 	 * EOF events tell when every partition is being fetched.  A real
 	 * broker answers a fetch as soon as a record arrives; librdkafka's mock
@@ -251,6 +259,7 @@ int main(int argc, char **argv)
 	    rd_kafka_conf_set(conf, "enable.partition.eof", "true", errstr, sizeof(errstr)) ||
 	    rd_kafka_conf_set(conf, "allow.auto.create.topics", "true", errstr, sizeof(errstr)) ||
 	    rd_kafka_conf_set(conf, "fetch.wait.max.ms", fetch_wait, errstr, sizeof(errstr)) ||
+	    rd_kafka_conf_set(conf, "fetch.min.bytes", fetch_min, errstr, sizeof(errstr)) ||
 	    rd_kafka_conf_set(conf, "fetch.error.backoff.ms", "20", errstr, sizeof(errstr))) {
 		fprintf(stderr, LAT_NAME ": %s\n", errstr);
 		rd_kafka_conf_destroy(conf);
