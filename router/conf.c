@@ -589,6 +589,9 @@ static void read_router(struct reader *rd, const config_setting_t *g,
 		} else if (strcmp(key, "direct_output") == 0) {
 			get_bool(rd, s, "router.direct_output",
 			         &cfg->direct_output);
+		} else if (strcmp(key, "inline_transforms") == 0) {
+			get_bool(rd, s, "router.inline_transforms",
+			         &cfg->inline_transforms);
 		} else if (strcmp(key, "default_headers") == 0) {
 			get_bool(rd, s, "router.default_headers",
 			         &cfg->default_headers);
@@ -934,6 +937,7 @@ int config_load(const char *path, char *const *extra_dirs, size_t nextra,
 	cfg->retry_backoff_ms = DEFAULT_RETRY_BACKOFF_MS;
 	cfg->default_headers = 1;
 	cfg->direct_output = 1;
+	cfg->inline_transforms = 1;
 	cfg->worker_linger_us = DEFAULT_WORKER_LINGER_US;
 	cfg->message_pool_bytes = DEFAULT_MESSAGE_POOL_BYTES;
 	cfg->wal_segment_bytes = DEFAULT_WAL_SEGMENT_BYTES;

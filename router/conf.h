@@ -39,6 +39,7 @@ struct router_config {
 	int64_t retry_backoff_ms;
 	int default_headers;
 	int direct_output;          /* routes without transforms skip workers */
+	int inline_transforms;      /* and routes with transforms too (1.2) */
 	int64_t worker_linger_us;   /* a worker waits this long for a batch */
 	int64_t message_pool_bytes; /* freed message memory kept per thread */
 	char *dead_letter_topic;    /* NULL: failed messages are logged */

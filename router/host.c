@@ -229,6 +229,7 @@ static const struct iotr_host host = {
 	.counter_add = metrics_add,
 	.alloc = malloc,
 	.free = free,
+	.lane = pipeline_current_lane,
 };
 
 const struct iotr_host *host_table(void)

@@ -62,6 +62,10 @@ struct worker {
 	int running;
 	struct queue q;
 	size_t index;
+	/* The worker's lane: the keys that hash to it.  Held around every
+	 * transform call for them, by this worker or by an input's thread
+	 * running a route inline, so that one lane's calls never overlap. */
+	pthread_mutex_t lane_lock;
 };
 
 struct pipeline {
@@ -121,6 +125,8 @@ struct wal_share {
 };
 
 static _Thread_local struct emit_ctx *current_ctx;
+/* The lane of the transform call running on this thread, or -1. */
+static _Thread_local int current_lane = -1;
 
 int64_t monotonic_ms(void)
 {
@@ -501,6 +507,7 @@ static void ingest_oversized(struct pipeline *p, iotr_msg *msg, size_t size)
 }
 
 static void run_output(struct pipeline *p, iotr_msg *msg);
+static int run_transforms(struct worker *w, iotr_msg *msg);
 
 /*
  * Route a message and queue it (see enum push_mode).  Returns IOTR_OK when
@@ -562,11 +569,16 @@ static int admit(struct pipeline *p, iotr_msg *msg, enum push_mode mode)
 		return IOTR_OK;
 	}
 	if (mode == PUSH_BLOCK && cfg->direct_output &&
-	    (!msg->route || !msg->route->ntransforms)) {
-		/* Nothing for a worker to do: hand it to the output on this
-		 * thread, saving a queue and a thread switch per message.
-		 * Order holds per input connection; an output that is full
-		 * blocks this thread, which is the backpressure we want. */
+	    (!msg->route || !msg->route->ntransforms ||
+	     msg->route->inline_transforms)) {
+		/* Run the route on this thread, saving a queue and a thread
+		 * switch per message: its transforms in the key's lane (see
+		 * struct worker), then the output.  Order holds per input
+		 * connection; an output that is full blocks this thread,
+		 * which is the backpressure we want. */
+		if (msg->route && msg->route->ntransforms &&
+		    !run_transforms(worker_for(p, msg), msg))
+			return IOTR_OK;
 		run_output(p, msg);
 		return IOTR_OK;
 	}
@@ -673,6 +685,11 @@ static int wal_ingest(struct pipeline *p, iotr_msg *msg)
 	}
 	pthread_mutex_unlock(&p->wal_lock);
 	return rc;
+}
+
+int pipeline_current_lane(void)
+{
+	return current_lane;
 }
 
 int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg)
@@ -879,9 +896,13 @@ static int run_transforms(struct worker *w, iotr_msg *msg)
 		int rc;
 
 		msg->stage++;
+		pthread_mutex_lock(&w->lane_lock);
+		current_lane = (int)w->index;
 		current_ctx = &ctx;
 		rc = t->plugin->process(t->state, msg);
 		current_ctx = NULL;
+		current_lane = -1;
+		pthread_mutex_unlock(&w->lane_lock);
 		if (rc == IOTR_OK)
 			continue;
 		if (rc == IOTR_DROP) {
@@ -914,9 +935,13 @@ static void run_ticks(struct worker *w, int64_t now_us)
 		    t->plugin->size <= offsetof(struct iotr_plugin, tick) ||
 		    !t->plugin->tick || after_transform(cfg, t, &ctx))
 			continue;
+		pthread_mutex_lock(&w->lane_lock);
+		current_lane = (int)w->index;
 		current_ctx = &ctx;
 		t->plugin->tick(t->state, now_us);
 		current_ctx = NULL;
+		current_lane = -1;
+		pthread_mutex_unlock(&w->lane_lock);
 	}
 }
 
@@ -1123,6 +1148,35 @@ static int pipeline_open_wal(struct pipeline *p)
 	return 0;
 }
 
+/*
+ * Whether a route's transforms run on the thread of the input that took the
+ * message (router.inline_transforms, with direct_output): only when each of
+ * them was built against plugin ABI 1.2 or later, which tells a transform
+ * that its lane, not its thread, holds a key (host->lane()).
+ */
+static void route_choose_inline(const struct router_config *cfg,
+                                struct route *r)
+{
+	size_t i;
+
+	r->inline_transforms = 0;
+	if (!r->ntransforms || !cfg->inline_transforms || !cfg->direct_output)
+		return;
+	for (i = 0; i < r->ntransforms; i++) {
+		const struct iotr_plugin *d = r->transforms[i]->plugin;
+
+		if (d->abi_major == 1 && d->abi_minor < 2) {
+			log_notice("route '%s': transform '%s' was built for "
+			         "plugin ABI %u.%u, before lanes (1.2), so the "
+			         "route's transforms run on the workers", r->name,
+			         r->transforms[i]->name, (unsigned)d->abi_major,
+			         (unsigned)d->abi_minor);
+			return;
+		}
+	}
+	r->inline_transforms = 1;
+}
+
 struct pipeline *pipeline_new(struct router_config *cfg)
 {
 	struct pipeline *p = calloc(1, sizeof(*p));
@@ -1142,15 +1196,18 @@ struct pipeline *pipeline_new(struct router_config *cfg)
 	for (i = 0; i < p->nworkers; i++) {
 		p->workers[i].p = p;
 		p->workers[i].index = i;
-		if (queue_init(&p->workers[i].q, (size_t)cfg->queue_size)) {
+		if (pthread_mutex_init(&p->workers[i].lane_lock, NULL) ||
+		    queue_init(&p->workers[i].q, (size_t)cfg->queue_size)) {
 			free(p->workers);
 			free(p);
 			return NULL;
 		}
 	}
-	for (i = 0; i < cfg->nroutes; i++)
+	for (i = 0; i < cfg->nroutes; i++) {
 		if (cfg->routes[i].filter.ncaptures > p->max_captures)
 			p->max_captures = cfg->routes[i].filter.ncaptures;
+		route_choose_inline(cfg, &cfg->routes[i]);
+	}
 	for (i = 0; i < cfg->ninstances; i++) {
 		struct iotr_instance *t = cfg->instances[i];
 
@@ -1290,6 +1347,7 @@ void pipeline_free(struct pipeline *p)
 	if (!p)
 		return;
 	for (i = 0; i < p->nworkers; i++) {
+		pthread_mutex_destroy(&p->workers[i].lane_lock);
 		pthread_mutex_destroy(&p->workers[i].q.lock);
 		pthread_cond_destroy(&p->workers[i].q.not_empty);
 		pthread_cond_destroy(&p->workers[i].q.not_full);

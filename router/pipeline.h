@@ -4,8 +4,12 @@
  * Threads: inputs call pipeline_ingest() from their own threads; `workers`
  * worker threads each own one bounded queue and run transforms and
  * output->deliver(); outputs call pipeline_delivered() from theirs.  A
- * message's key (or, without a key, its source topic) picks its worker, so
- * one key's messages are handled in arrival order by one thread.
+ * message's key (or, without a key, its source topic) picks its worker,
+ * the key's lane.  A route without transforms, or one whose transforms run
+ * inline (router.inline_transforms), is run to its output on the input's
+ * thread; its transforms still run in the key's lane, under the lane's
+ * lock, so one key's transform calls never overlap and keep arrival order
+ * per input connection.
  */
 #ifndef IOTR_PIPELINE_H
 #define IOTR_PIPELINE_H
@@ -23,6 +27,8 @@ int pipeline_start(struct pipeline *p);
 int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg);
 /* host->emit() from a transform, during process(), tick() or stop(). */
 int pipeline_transform_emit(struct iotr_instance *t, iotr_msg *msg);
+/* host->lane(): the lane of the transform call on this thread, or -1. */
+int pipeline_current_lane(void);
 /* host->delivered() from an output. */
 void pipeline_delivered(struct iotr_instance *out, iotr_msg *msg, int status,
                         const char *reason);

@@ -70,6 +70,8 @@ struct route {
 	struct iotr_instance **transforms;
 	size_t ntransforms;
 	struct iotr_instance *output;
+	int inline_transforms;   /* set by the pipeline: run on the input's
+	                            thread (router.inline_transforms) */
 };
 
 /*

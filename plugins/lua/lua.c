@@ -2,11 +2,14 @@
  * lua.c - transform plugin "lua": rules written by operators in Lua 5.4
  * (see iotrouter-lua(7) for the rule API).
  *
- * Threads: process() and tick() run on the router's worker threads.  Each
- * worker gets a slot with its own Lua state, made on its first message, so
- * one key's messages (always handled by one worker) always meet the same
- * state and its router.state.  A slot's lock is held while its state runs;
- * the main thread takes it too, to run on_stop() from stop().  reload()
+ * Threads: process() runs in the router's lanes (host->lane(): a message's
+ * key picks its lane), on a worker's thread or on an input's thread, and
+ * tick() on each lane's worker.  Each lane gets a slot with its own Lua
+ * state, made on its first message, so one key's messages (always in one
+ * lane) always meet the same state and its router.state, whichever thread
+ * brings them.  Outside a lane (iotrouter test-script) a thread has a slot
+ * of its own.  A slot's lock is held while its state runs; the main thread
+ * takes it too, to run on_stop() from stop().  reload()
  * runs on the main thread: it checks the new script in a scratch state and
  * bumps a generation number; each worker switches to the new script between
  * two messages (never during one).  The source and the generation are
@@ -155,26 +158,46 @@ out:
 	return text;
 }
 
-/* --- slots: one per worker thread ------------------------------------------------------ */
+/* --- slots: one per lane ----------------------------------------------------------- */
 
+/* lane's slot, or NULL; r->lock held. */
+static struct rule_slot *slot_of_lane(struct lua_rule *r, int lane)
+{
+	struct rule_slot *s;
+
+	for (s = r->slots; s && s->lane != lane; s = s->next)
+		;
+	return s;
+}
+
+/*
+ * The slot of the calling lane, made on first use: found through the
+ * thread's last slot when it is the lane's (a worker's always is), else in
+ * the list.  Outside a lane, the thread's own slot.
+ */
 static struct rule_slot *slot_get(struct lua_rule *r)
 {
 	struct rule_slot *s = pthread_getspecific(r->slot_key);
+	int lane = r->host->lane();
 
-	if (s)
+	if (s && s->lane == lane)
 		return s;
-	if (!(s = calloc(1, sizeof(*s))))
-		return NULL;
-	if (pthread_mutex_init(&s->lock, NULL) != 0) {
-		free(s);
-		return NULL;
-	}
-	s->rule = r;
 	pthread_mutex_lock(&r->lock);
-	s->next = r->slots;
-	r->slots = s;
+	s = lane >= 0 ? slot_of_lane(r, lane) : NULL;
+	if (!s && (s = calloc(1, sizeof(*s)))) {
+		if (pthread_mutex_init(&s->lock, NULL) != 0) {
+			free(s);
+			s = NULL;
+		} else {
+			s->rule = r;
+			s->lane = lane;
+			s->next = r->slots;
+			r->slots = s;
+		}
+	}
 	pthread_mutex_unlock(&r->lock);
-	pthread_setspecific(r->slot_key, s);
+	if (s)
+		pthread_setspecific(r->slot_key, s);
 	return s;
 }
 
@@ -361,10 +384,19 @@ out:
 static int rule_tick(void *state, int64_t now_us)
 {
 	struct lua_rule *r = state;
-	struct rule_slot *s = pthread_getspecific(r->slot_key);
+	struct rule_slot *s;
 	char err[1024];
+	int lane = r->host->lane();
 
-	/* A worker that never ran the rule has nothing to tick. */
+	/* A lane that never ran the rule has nothing to tick. */
+
+	if (lane >= 0) {
+		pthread_mutex_lock(&r->lock);
+		s = slot_of_lane(r, lane);
+		pthread_mutex_unlock(&r->lock);
+	} else if ((s = pthread_getspecific(r->slot_key)) && s->lane >= 0) {
+		s = NULL;
+	}
 	if (!s)
 		return IOTR_OK;
 	pthread_mutex_lock(&s->lock);

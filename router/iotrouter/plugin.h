@@ -58,9 +58,10 @@ extern "C" {
 /* The ABI this header describes.  Bump the minor for additions, the major for
  * anything that breaks a compiled plugin.
  *   1.0  the first
- *   1.1  iotr_plugin_entries(): one plugin of several kinds */
+ *   1.1  iotr_plugin_entries(): one plugin of several kinds
+ *   1.2  lanes: host->lane(); a transform may run on an input's thread */
 #define IOTR_ABI_MAJOR 1
-#define IOTR_ABI_MINOR 1
+#define IOTR_ABI_MINOR 2
 
 /* Name of the symbol every plugin exports; the loader looks it up with dlsym. */
 #define IOTR_PLUGIN_ENTRY_SYMBOL "iotr_plugin_entry"
@@ -289,6 +290,20 @@ struct iotr_host {
 	/* The host's allocator, for buffers the host will free. */
 	void *(*alloc)(size_t size);
 	void (*free)(void *ptr);
+
+	/* -- lanes (1.2) --------------------------------------------------------- */
+
+	/*
+	 * Transform: the lane of the process() or tick() call running on this
+	 * thread, from 0 to router.workers - 1; -1 outside such a call (and in
+	 * `iotrouter test-script`).  A message's key picks its lane.  A lane's
+	 * calls never overlap, but they do not all come from one thread: the
+	 * lane's worker runs its ticks and queued messages, and an input's
+	 * thread may run a route inline (router.inline_transforms).  So a
+	 * transform that keeps per-key state without a lock keeps it per lane,
+	 * never per thread (thread-local storage).
+	 */
+	int (*lane)(void);
 };
 
 /*
@@ -342,18 +357,25 @@ struct iotr_plugin {
 	int (*start)(void *state);
 
 	/*
-	 * Transform: called on a worker thread with one message.  The same key is
-	 * always handled by the same worker, in arrival order, so per-key state
-	 * needs no lock; state shared across keys does.  Change the message with
+	 * Transform: called with one message, in its key's lane (host->lane()):
+	 * on the lane's worker thread, or, for a plugin built against 1.2 or
+	 * later on a route run inline (router.inline_transforms, the default),
+	 * on the thread of the input that received the message.  One lane's
+	 * calls never overlap and keep arrival order per input connection, so
+	 * per-key state kept per lane needs no lock; state shared across keys
+	 * does.  A plugin built against 1.0 or 1.1 always runs on the workers,
+	 * one thread per lane, as those versions promised.  Change the message with
 	 * the host's setters, and return IOTR_OK to pass it on, IOTR_DROP to drop
 	 * it, or IOTR_FAIL (after host->msg_set_error) to dead-letter it.
 	 */
 	int (*process)(void *state, iotr_msg *msg);
 
 	/*
-	 * Output: called on a worker thread; like process(), one key's messages
-	 * come from one worker in arrival order, so an output that keeps the
-	 * order of its calls keeps per-key order.  Return IOTR_OK when the message was
+	 * Output: called on a worker thread, or on an input's thread for a
+	 * route the input runs to its output (router.direct_output); like
+	 * process(), one key's messages come in arrival order per input
+	 * connection, so an output that keeps the order of its calls keeps
+	 * per-key order.  Return IOTR_OK when the message was
 	 * accepted (then report it with host->delivered() exactly once, now or
 	 * later), or IOTR_FAIL / IOTR_ERETRY when it was not (no delivered()
 	 * call then).  After IOTR_ERETRY the host waits router.retry_backoff_ms
@@ -369,9 +391,10 @@ struct iotr_plugin {
 
 	/*
 	 * Transform, optional: called every `tick_ms` (a per-instance setting of
-	 * the host) on the thread of each worker that ran process() for this
-	 * instance, with the time in microseconds since the epoch; messages made
-	 * with msg_new and passed to emit() go on along the chain.
+	 * the host) on each worker's thread, in that worker's lane (never at
+	 * the same time as a process() call in the lane), with the time in
+	 * microseconds since the epoch; messages made with msg_new and passed
+	 * to emit() go on along the chain.
 	 */
 	int (*tick)(void *state, int64_t now_us);
 

@@ -239,6 +239,8 @@ assert_eq 0 "$ROUTER_RC" "the router with the frozen plugin stops cleanly"
 log=$(cat "$ROUTER_LOG")
 assert_match "\[plugin:frozen\] frozen ABI 1\.0 plugin 'frozen' runs in a host of ABI $major\.$minor: tag=T n=5 on=1 ratio=0\.25 set=11 names=a\+b levels=7" \
 	"$log" "create() gets every parameter type, defaults included, and the host's ABI"
+assert_match "route '[^']*': transform 'frozen' was built for plugin ABI 1\.0, before lanes \(1\.2\), so the route's transforms run on the workers" \
+	"$log" "a route with a plugin older than lanes stays on the workers, and the log says why"
 line=$(grep '"source_topic":"abi/dev-1/temp"' "$TEST_TMPDIR/out.jsonl")
 assert_match '"topic":"t\.dev-1\.frozen"' "$line" "msg_dest and msg_set_dest work from a 1.0 plugin"
 assert_match '"key":"v1\.0-dev-1"' "$line" "msg_key and msg_set_key work"

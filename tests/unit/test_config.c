@@ -247,6 +247,8 @@ START_TEST(router_defaults)
 	ck_assert_int_eq(cfg.message_pool_bytes, 4 << 20);
 	ck_assert_int_eq(cfg.default_headers, 1);
 	ck_assert_int_eq(cfg.routes[0].default_headers, 1);
+	ck_assert_int_eq(cfg.direct_output, 1);
+	ck_assert_int_eq(cfg.inline_transforms, 1);
 	ck_assert_ptr_null(cfg.dead_letter_topic);
 	ck_assert_ptr_null(cfg.dead_letter_output);
 	ck_assert_ptr_null(cfg.unmatched_topic);
@@ -267,6 +269,8 @@ START_TEST(router_settings)
 	        "  retry_backoff_ms = 100;\n"
 	        "  message_pool_bytes = 0;\n"
 	        "  default_headers = false;\n"
+	        "  direct_output = false;\n"
+	        "  inline_transforms = false;\n"
 	        "  dead_letter_topic = \"dlq\";\n"
 	        "  unmatched_topic = \"unmatched\";\n"
 	        "};\n"
@@ -283,6 +287,8 @@ START_TEST(router_settings)
 	ck_assert_int_eq(cfg.retry_backoff_ms, 100);
 	ck_assert_int_eq(cfg.message_pool_bytes, 0);
 	ck_assert_int_eq(cfg.default_headers, 0);
+	ck_assert_int_eq(cfg.direct_output, 0);
+	ck_assert_int_eq(cfg.inline_transforms, 0);
 	/* router.default_headers is each route's default... */
 	ck_assert_int_eq(cfg.routes[0].default_headers, 0);
 	/* ...which a route may override */
