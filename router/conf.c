@@ -937,7 +937,7 @@ int config_load(const char *path, char *const *extra_dirs, size_t nextra,
 	cfg->retry_backoff_ms = DEFAULT_RETRY_BACKOFF_MS;
 	cfg->default_headers = 1;
 	cfg->direct_output = 1;
-	cfg->inline_transforms = 1;
+	cfg->inline_transforms = 0;
 	cfg->worker_linger_us = DEFAULT_WORKER_LINGER_US;
 	cfg->message_pool_bytes = DEFAULT_MESSAGE_POOL_BYTES;
 	cfg->wal_segment_bytes = DEFAULT_WAL_SEGMENT_BYTES;

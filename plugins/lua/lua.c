@@ -389,7 +389,6 @@ static int rule_tick(void *state, int64_t now_us)
 	int lane = r->host->lane();
 
 	/* A lane that never ran the rule has nothing to tick. */
-
 	if (lane >= 0) {
 		pthread_mutex_lock(&r->lock);
 		s = slot_of_lane(r, lane);

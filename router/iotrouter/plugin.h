@@ -359,7 +359,7 @@ struct iotr_plugin {
 	/*
 	 * Transform: called with one message, in its key's lane (host->lane()):
 	 * on the lane's worker thread, or, for a plugin built against 1.2 or
-	 * later on a route run inline (router.inline_transforms, the default),
+	 * later on a route run inline (router.inline_transforms),
 	 * on the thread of the input that received the message.  One lane's
 	 * calls never overlap and keep arrival order per input connection, so
 	 * per-key state kept per lane needs no lock; state shared across keys

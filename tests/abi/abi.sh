@@ -208,7 +208,7 @@ if [ -n "$cxx_ok" ]; then
 	cxx_instance=",{ name = \"cxx\"; plugin = \"$cxx_ok\"; tag = \"abi\"; }"
 fi
 conf=$(router_config frozen <<CONF
-router = { workers = 2; dead_letter_topic = "dead"; };
+router = { workers = 2; dead_letter_topic = "dead"; inline_transforms = true; };
 inputs = ( {
 	name = "in"; plugin = "mqtt"; port = @MQTT_PORT@; client_id = "abi-test";
 	topics = [ "abi/#" ]; qos = 1;
@@ -240,7 +240,7 @@ log=$(cat "$ROUTER_LOG")
 assert_match "\[plugin:frozen\] frozen ABI 1\.0 plugin 'frozen' runs in a host of ABI $major\.$minor: tag=T n=5 on=1 ratio=0\.25 set=11 names=a\+b levels=7" \
 	"$log" "create() gets every parameter type, defaults included, and the host's ABI"
 assert_match "route '[^']*': transform 'frozen' was built for plugin ABI 1\.0, before lanes \(1\.2\), so the route's transforms run on the workers" \
-	"$log" "a route with a plugin older than lanes stays on the workers, and the log says why"
+	"$log" "with inline_transforms, a route with a plugin older than lanes stays on the workers, and the log says why"
 line=$(grep '"source_topic":"abi/dev-1/temp"' "$TEST_TMPDIR/out.jsonl")
 assert_match '"topic":"t\.dev-1\.frozen"' "$line" "msg_dest and msg_set_dest work from a 1.0 plugin"
 assert_match '"key":"v1\.0-dev-1"' "$line" "msg_key and msg_set_key work"

@@ -78,7 +78,7 @@ assert_match "cannot read .*nonexistent.lua: No such file" "$(cat "$TEST_TMPDIR/
 
 start_mosquitto || bail_out "mosquitto did not start"
 conf=$(sed "s|@SRC@|$IOTR_SRCDIR|g" <<'CONF' | router_config rules
-router = { workers = 3; dead_letter_topic = "dead"; };
+router = { workers = 3; dead_letter_topic = "dead"; inline_transforms = true; };
 inputs = ( {
 	name = "in"; plugin = "mqtt"; port = @MQTT_PORT@; client_id = "lua-rules";
 	topics = [ "#" ]; qos = 1;

@@ -248,7 +248,7 @@ START_TEST(router_defaults)
 	ck_assert_int_eq(cfg.default_headers, 1);
 	ck_assert_int_eq(cfg.routes[0].default_headers, 1);
 	ck_assert_int_eq(cfg.direct_output, 1);
-	ck_assert_int_eq(cfg.inline_transforms, 1);
+	ck_assert_int_eq(cfg.inline_transforms, 0);
 	ck_assert_ptr_null(cfg.dead_letter_topic);
 	ck_assert_ptr_null(cfg.dead_letter_output);
 	ck_assert_ptr_null(cfg.unmatched_topic);
@@ -270,7 +270,7 @@ START_TEST(router_settings)
 	        "  message_pool_bytes = 0;\n"
 	        "  default_headers = false;\n"
 	        "  direct_output = false;\n"
-	        "  inline_transforms = false;\n"
+	        "  inline_transforms = true;\n"
 	        "  dead_letter_topic = \"dlq\";\n"
 	        "  unmatched_topic = \"unmatched\";\n"
 	        "};\n"
@@ -288,7 +288,7 @@ START_TEST(router_settings)
 	ck_assert_int_eq(cfg.message_pool_bytes, 0);
 	ck_assert_int_eq(cfg.default_headers, 0);
 	ck_assert_int_eq(cfg.direct_output, 0);
-	ck_assert_int_eq(cfg.inline_transforms, 0);
+	ck_assert_int_eq(cfg.inline_transforms, 1);
 	/* router.default_headers is each route's default... */
 	ck_assert_int_eq(cfg.routes[0].default_headers, 0);
 	/* ...which a route may override */
