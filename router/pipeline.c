@@ -5,7 +5,11 @@
  * and not yet finished) is atomic, with drain_lock/drain_cond only to wake
  * pipeline_drain(); so is a struct wal_share's count, which messages on
  * different workers share; appends to the write-ahead log and the record
- * buffer take wal_lock.  Config, routes and instances are read-only here.
+ * buffer take wal_lock.  Each worker's lane_lock is held around transform
+ * calls in its lane (and all of them, in index order, around a transform's
+ * stop()); a transform may take a queue lock or wal_lock under it, never
+ * the other way round.  Config, routes and instances are read-only here,
+ * except each route's inline_transforms, set once by pipeline_new().
  *
  * Every accepted message ends in exactly one of: delivered (a dead letter
  * that reached the dead-letter topic counts here too), dropped by a
@@ -568,9 +572,11 @@ static int admit(struct pipeline *p, iotr_msg *msg, enum push_mode mode)
 		ingest_oversized(p, msg, size);
 		return IOTR_OK;
 	}
+	/* (Not inline from inside a transform call: a plugin that is also an
+	 * input and emits from process() would take its own lane twice.) */
 	if (mode == PUSH_BLOCK && cfg->direct_output &&
 	    (!msg->route || !msg->route->ntransforms ||
-	     msg->route->inline_transforms)) {
+	     (msg->route->inline_transforms && current_lane < 0))) {
 		/* Run the route on this thread, saving a queue and a thread
 		 * switch per message: its transforms in the key's lane (see
 		 * struct worker), then the output.  Order holds per input
@@ -884,42 +890,47 @@ static void run_output(struct pipeline *p, iotr_msg *msg)
 		lose(p, msg, "the output could not take it");
 }
 
-/* Run the rest of the message's transform chain; 1 if it goes on. */
+/*
+ * Run the rest of the message's transform chain in lane w; 1 if it goes on.
+ * The lane's lock is held for the whole chain, so that the messages of a
+ * lane pass every transform in the same order, whichever threads bring
+ * them.
+ */
 static int run_transforms(struct worker *w, iotr_msg *msg)
 {
 	struct pipeline *p = w->p;
 	const struct route *r = msg->route;
+	struct iotr_instance *t = NULL;
+	int rc = IOTR_OK;
 
-	while (r && msg->stage < r->ntransforms) {
-		struct iotr_instance *t = r->transforms[msg->stage];
+	if (!r || msg->stage >= r->ntransforms)
+		return 1;
+	pthread_mutex_lock(&w->lane_lock);
+	current_lane = (int)w->index;
+	while (rc == IOTR_OK && msg->stage < r->ntransforms) {
 		struct emit_ctx ctx = { w, r, msg->stage + 1, msg->output, msg };
-		int rc;
 
-		msg->stage++;
-		pthread_mutex_lock(&w->lane_lock);
-		current_lane = (int)w->index;
+		t = r->transforms[msg->stage++];
 		current_ctx = &ctx;
 		rc = t->plugin->process(t->state, msg);
 		current_ctx = NULL;
-		current_lane = -1;
-		pthread_mutex_unlock(&w->lane_lock);
-		if (rc == IOTR_OK)
-			continue;
-		if (rc == IOTR_DROP) {
-			finish(p, msg, p->dropped);
-			return 0;
-		}
-		{
-			char why[1024];
-
-			snprintf(why, sizeof(why), "transform '%s' failed: %s",
-			         t->name, msg->error ? msg->error :
-			         "no reason given");
-			dead_letter(p, msg, why);
-		}
+	}
+	current_lane = -1;
+	pthread_mutex_unlock(&w->lane_lock);
+	if (rc == IOTR_OK)
+		return 1;
+	if (rc == IOTR_DROP) {
+		finish(p, msg, p->dropped);
 		return 0;
 	}
-	return 1;
+	{
+		char why[1024];
+
+		snprintf(why, sizeof(why), "transform '%s' failed: %s", t->name,
+		         msg->error ? msg->error : "no reason given");
+		dead_letter(p, msg, why);
+	}
+	return 0;
 }
 
 static void run_ticks(struct worker *w, int64_t now_us)
@@ -1054,15 +1065,22 @@ int pipeline_transform_emit(struct iotr_instance *t, iotr_msg *msg)
 	return queue_push(p, &worker_for(p, msg)->q, msg, PUSH_FORCE);
 }
 
+/* stop() runs in no lane but holds them all (in order), so that it never
+ * overlaps a tick() or a process() the workers still run. */
 void pipeline_stop_transform(struct pipeline *p, struct iotr_instance *t)
 {
 	struct emit_ctx ctx = { &p->workers[0], NULL, 0, NULL, NULL };
+	size_t i;
 
 	if (!t->plugin->stop)
 		return;
+	for (i = 0; i < p->nworkers; i++)
+		pthread_mutex_lock(&p->workers[i].lane_lock);
 	current_ctx = after_transform(p->cfg, t, &ctx) == 0 ? &ctx : NULL;
 	t->plugin->stop(t->state);
 	current_ctx = NULL;
+	for (i = p->nworkers; i-- > 0;)
+		pthread_mutex_unlock(&p->workers[i].lane_lock);
 }
 
 void pipeline_delivered(struct iotr_instance *out, iotr_msg *msg, int status,
@@ -1160,7 +1178,9 @@ static void route_choose_inline(const struct router_config *cfg,
 	size_t i;
 
 	r->inline_transforms = 0;
-	if (!r->ntransforms || !cfg->inline_transforms || !cfg->direct_output)
+	/* with the write-ahead log, intake never waits on a route: it queues */
+	if (!r->ntransforms || !cfg->inline_transforms || !cfg->direct_output ||
+	    cfg->wal_dir)
 		return;
 	for (i = 0; i < r->ntransforms; i++) {
 		const struct iotr_plugin *d = r->transforms[i]->plugin;

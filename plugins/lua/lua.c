@@ -11,12 +11,13 @@
  * of its own.  A slot's lock is held while its state runs; the main thread
  * takes it too, to run on_stop() from stop().  reload()
  * runs on the main thread: it checks the new script in a scratch state and
- * bumps a generation number; each worker switches to the new script between
+ * bumps a generation number; each lane switches to the new script between
  * two messages (never during one).  The source and the generation are
  * guarded by lua_rule.lock.
  */
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +29,7 @@
 
 #include "luarule.h"
 
-/* A worker whose state could not be built tries again after this long. */
+/* A lane whose state could not be built tries again after this long. */
 #define RULE_RETRY_US 1000000
 
 static const struct iotr_param lua_params[] = {
@@ -160,14 +161,22 @@ out:
 
 /* --- slots: one per lane ----------------------------------------------------------- */
 
-/* lane's slot, or NULL; r->lock held. */
+/* lane's slot (for -1, the calling thread's), or NULL; r->lock held. */
 static struct rule_slot *slot_of_lane(struct lua_rule *r, int lane)
 {
 	struct rule_slot *s;
 
-	for (s = r->slots; s && s->lane != lane; s = s->next)
-		;
+	for (s = r->slots; s; s = s->next)
+		if (s->lane == lane &&
+		    (lane >= 0 || pthread_equal(s->owner, pthread_self())))
+			break;
 	return s;
+}
+
+/* A host older than plugin ABI 1.2 has no lanes. */
+static int rule_no_lane(void)
+{
+	return -1;
 }
 
 /*
@@ -178,12 +187,12 @@ static struct rule_slot *slot_of_lane(struct lua_rule *r, int lane)
 static struct rule_slot *slot_get(struct lua_rule *r)
 {
 	struct rule_slot *s = pthread_getspecific(r->slot_key);
-	int lane = r->host->lane();
+	int lane = r->lane();
 
 	if (s && s->lane == lane)
 		return s;
 	pthread_mutex_lock(&r->lock);
-	s = lane >= 0 ? slot_of_lane(r, lane) : NULL;
+	s = slot_of_lane(r, lane);
 	if (!s && (s = calloc(1, sizeof(*s)))) {
 		if (pthread_mutex_init(&s->lock, NULL) != 0) {
 			free(s);
@@ -191,6 +200,7 @@ static struct rule_slot *slot_get(struct lua_rule *r)
 		} else {
 			s->rule = r;
 			s->lane = lane;
+			s->owner = pthread_self();
 			s->next = r->slots;
 			r->slots = s;
 		}
@@ -289,7 +299,7 @@ static int slot_ready(struct rule_slot *s, char *err, size_t errlen)
 		return 0;
 	if (!s->vm && s->retry_after_us > slot_clock_us()) {
 		snprintf(err, errlen, "%s: the rule could not be started in "
-		         "this worker (see the log); it is tried again each "
+		         "this lane (see the log); it is tried again each "
 		         "second", r->script);
 		return -1;
 	}
@@ -310,13 +320,13 @@ static int slot_ready(struct rule_slot *s, char *err, size_t errlen)
 	free(source);
 	if (!vm) {
 		if (s->vm) {
-			rule_log(r, IOTR_LOG_ERROR, "cannot switch a worker to "
+			rule_log(r, IOTR_LOG_ERROR, "cannot switch a lane to "
 			         "the reloaded %s: %s; it keeps the previous "
 			         "version", r->script, err);
 			s->vm->generation = gen;
 			return 0;
 		}
-		rule_log(r, IOTR_LOG_ERROR, "cannot start %s in a worker: %s; "
+		rule_log(r, IOTR_LOG_ERROR, "cannot start %s in a lane: %s; "
 		         "its messages fail until it can", r->script, err);
 		s->retry_after_us = slot_clock_us() + RULE_RETRY_US;
 		return -1;
@@ -386,16 +396,12 @@ static int rule_tick(void *state, int64_t now_us)
 	struct lua_rule *r = state;
 	struct rule_slot *s;
 	char err[1024];
-	int lane = r->host->lane();
+	int lane = r->lane();
 
 	/* A lane that never ran the rule has nothing to tick. */
-	if (lane >= 0) {
-		pthread_mutex_lock(&r->lock);
-		s = slot_of_lane(r, lane);
-		pthread_mutex_unlock(&r->lock);
-	} else if ((s = pthread_getspecific(r->slot_key)) && s->lane >= 0) {
-		s = NULL;
-	}
+	pthread_mutex_lock(&r->lock);
+	s = slot_of_lane(r, lane);
+	pthread_mutex_unlock(&r->lock);
 	if (!s)
 		return IOTR_OK;
 	pthread_mutex_lock(&s->lock);
@@ -407,8 +413,8 @@ static int rule_tick(void *state, int64_t now_us)
 }
 
 /*
- * Shutdown (main thread, inputs closed): each worker's state runs on_stop()
- * under its slot's lock, so it never overlaps that worker's messages.  The
+ * Shutdown (main thread, inputs closed): each lane's state runs on_stop()
+ * under its slot's lock, so it never overlaps that lane's messages.  The
  * list of slots only grows at its head, so it is walked without r->lock
  * (which slot_ready takes while holding a slot's lock).
  */
@@ -417,7 +423,7 @@ static int rule_stop(void *state)
 	struct lua_rule *r = state;
 	struct rule_slot *s;
 
-	/* A worker that makes its first state after this runs on_stop()
+	/* A lane that makes its first state after this runs on_stop()
 	 * after each message instead. */
 	atomic_store(&r->stopping, 1);
 	pthread_mutex_lock(&r->lock);
@@ -476,7 +482,7 @@ static int rule_reload(void *state)
 	free(old);
 	r->host->counter_add(r->reloads, 1);
 	r->host->log(r->inst, IOTR_LOG_NOTICE, "reloaded %s (version %u); "
-	             "each worker runs the old version's on_stop() and "
+	             "each lane runs the old version's on_stop() and "
 	             "switches before its next message", r->script, gen + 1);
 	return IOTR_OK;
 }
@@ -566,6 +572,8 @@ static int rule_create(iotr_instance *inst, const struct iotr_host *host,
 	}
 	r->inst = inst;
 	r->host = host;
+	r->lane = offsetof(struct iotr_host, lane) < host->size && host->lane ?
+		host->lane : rule_no_lane;
 	r->script = host->param_string(inst, "script");
 	r->budget = host->param_int(inst, "instruction_budget");
 	r->memory_limit = host->param_int(inst, "memory_limit");

@@ -1,15 +1,15 @@
 /*
  * luarule.h - the inside of the lua transform plugin, shared by its files:
  *
- *   lua.c      the plugin: instances, one slot per worker thread, reload
+ *   lua.c      the plugin: instances, one slot per lane, reload
  *   luavm.c    one Lua state: allocator with a cap, instruction budget,
  *              sandbox, the `router` table, protected calls
  *   luamsg.c   the `msg` object handed to on_message, and fan-out
  *   luajson.c  JSON <-> Lua values with jansson
  *
- * Threading: a slot belongs to one worker thread, which holds slot->lock
- * while it runs Lua; the main thread takes the same lock to run on_stop()
- * at shutdown.  A vm (lua_State) is only touched under its slot's lock (or,
+ * Threading: a slot belongs to one of the router's lanes (or, outside
+ * them, to one thread); whichever thread runs Lua in it holds slot->lock,
+ * and the main thread takes the same lock to run on_stop() at shutdown.  A vm (lua_State) is only touched under its slot's lock (or,
  * for the scratch vm that checks a reload, by the main thread alone).  What
  * the slots share (the script's source and generation) is guarded by
  * lua_rule.lock.  Nothing here is exported from lua.so.
@@ -54,7 +54,8 @@ struct lua_rule {
 	int64_t max_emits;          /* messages one call may produce */
 	int64_t log_rate;           /* log lines per second, 0: no limit */
 
-	pthread_key_t slot_key;     /* this thread's slot */
+	pthread_key_t slot_key;     /* this thread's last slot */
+	int (*lane)(void);          /* host->lane, or a stand-in for -1 */
 	pthread_mutex_t lock;       /* guards slots, source, source_len */
 	struct rule_slot *slots;
 	char *source;               /* the script text now in force */
@@ -110,10 +111,12 @@ struct rule_vm {
 	iotr_msg *tmp_msg;
 };
 
-/* The state of one worker thread for one instance. */
+/* The state of one lane (or one thread outside the lanes) for one
+ * instance. */
 struct rule_slot {
 	struct lua_rule *rule;
-	int lane;                   /* the router's lane; -1: one thread's */
+	int lane;                   /* the router's lane; -1: owner's alone */
+	pthread_t owner;            /* the thread, for lane -1 */
 	pthread_mutex_t lock;       /* held while Lua runs in vm */
 	struct rule_vm *vm;         /* NULL until built, or after a reset */
 	int stopped;                /* on_stop() has run (shutdown) */

@@ -328,6 +328,9 @@ struct iotr_host {
  *   ... process / deliver / tick ...
  *   stop(state)                 input: stop intake and return when emit() will
  *                               not be called again.  Others: may be NULL.
+ *                               A transform's stop() runs in no lane but
+ *                               while the host holds every lane (1.2), so
+ *                               it never overlaps process() or tick().
  *   flush(state, deadline_ms)   output: return when every accepted message
  *                               has been reported with delivered(), or
  *                               IOTR_ETIMEDOUT at the deadline (CLOCK_MONOTONIC
