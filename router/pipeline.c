@@ -108,7 +108,8 @@ struct pipeline {
 
 /* What a transform's emit() continues from, set around process()/tick(). */
 struct emit_ctx {
-	struct worker *w;
+	struct worker *w;           /* the lane the call runs in (its lock held),
+	                               NULL for none: a transform's stop() */
 	const struct route *route;
 	size_t stage;               /* next stage after the calling transform */
 	struct iotr_instance *output;
@@ -129,8 +130,6 @@ struct wal_share {
 };
 
 static _Thread_local struct emit_ctx *current_ctx;
-/* The lane of the transform call running on this thread, or -1. */
-static _Thread_local int current_lane = -1;
 
 int64_t monotonic_ms(void)
 {
@@ -573,10 +572,10 @@ static int admit(struct pipeline *p, iotr_msg *msg, enum push_mode mode)
 		return IOTR_OK;
 	}
 	/* (Not inline from inside a transform call: a plugin that is also an
-	 * input and emits from process() would take its own lane twice.) */
+	 * input and emits from process() would take a lane it holds.) */
 	if (mode == PUSH_BLOCK && cfg->direct_output &&
 	    (!msg->route || !msg->route->ntransforms ||
-	     (msg->route->inline_transforms && current_lane < 0))) {
+	     (msg->route->inline_transforms && !current_ctx))) {
 		/* Run the route on this thread, saving a queue and a thread
 		 * switch per message: its transforms in the key's lane (see
 		 * struct worker), then the output.  Order holds per input
@@ -695,7 +694,7 @@ static int wal_ingest(struct pipeline *p, iotr_msg *msg)
 
 int pipeline_current_lane(void)
 {
-	return current_lane;
+	return current_ctx && current_ctx->w ? (int)current_ctx->w->index : -1;
 }
 
 int pipeline_ingest(struct iotr_instance *src, iotr_msg *msg)
@@ -906,7 +905,6 @@ static int run_transforms(struct worker *w, iotr_msg *msg)
 	if (!r || msg->stage >= r->ntransforms)
 		return 1;
 	pthread_mutex_lock(&w->lane_lock);
-	current_lane = (int)w->index;
 	while (rc == IOTR_OK && msg->stage < r->ntransforms) {
 		struct emit_ctx ctx = { w, r, msg->stage + 1, msg->output, msg };
 
@@ -915,7 +913,6 @@ static int run_transforms(struct worker *w, iotr_msg *msg)
 		rc = t->plugin->process(t->state, msg);
 		current_ctx = NULL;
 	}
-	current_lane = -1;
 	pthread_mutex_unlock(&w->lane_lock);
 	if (rc == IOTR_OK)
 		return 1;
@@ -947,11 +944,9 @@ static void run_ticks(struct worker *w, int64_t now_us)
 		    !t->plugin->tick || after_transform(cfg, t, &ctx))
 			continue;
 		pthread_mutex_lock(&w->lane_lock);
-		current_lane = (int)w->index;
 		current_ctx = &ctx;
 		t->plugin->tick(t->state, now_us);
 		current_ctx = NULL;
-		current_lane = -1;
 		pthread_mutex_unlock(&w->lane_lock);
 	}
 }
@@ -1069,7 +1064,7 @@ int pipeline_transform_emit(struct iotr_instance *t, iotr_msg *msg)
  * overlaps a tick() or a process() the workers still run. */
 void pipeline_stop_transform(struct pipeline *p, struct iotr_instance *t)
 {
-	struct emit_ctx ctx = { &p->workers[0], NULL, 0, NULL, NULL };
+	struct emit_ctx ctx = { NULL, NULL, 0, NULL, NULL };
 	size_t i;
 
 	if (!t->plugin->stop)
@@ -1187,10 +1182,10 @@ static void route_choose_inline(const struct router_config *cfg,
 
 		if (d->abi_major == 1 && d->abi_minor < 2) {
 			log_notice("route '%s': transform '%s' was built for "
-			         "plugin ABI %u.%u, before lanes (1.2), so the "
-			         "route's transforms run on the workers", r->name,
-			         r->transforms[i]->name, (unsigned)d->abi_major,
-			         (unsigned)d->abi_minor);
+			           "plugin ABI %u.%u, before lanes (1.2), so the "
+			           "route's transforms run on the workers",
+			           r->name, r->transforms[i]->name,
+			           (unsigned)d->abi_major, (unsigned)d->abi_minor);
 			return;
 		}
 	}
