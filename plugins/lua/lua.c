@@ -179,17 +179,34 @@ static int rule_no_lane(void)
 	return -1;
 }
 
+/* lane's slot if it has one yet, or NULL; takes r->lock only for a lane
+ * without an entry in r->lane_slot. */
+static struct rule_slot *slot_find(struct lua_rule *r, int lane)
+{
+	struct rule_slot *s;
+
+	if (lane >= 0 && lane < RULE_LANES)
+		return atomic_load_explicit(&r->lane_slot[lane],
+		                            memory_order_acquire);
+	if (lane < 0 && (s = pthread_getspecific(r->slot_key)))
+		return s;
+	pthread_mutex_lock(&r->lock);
+	s = slot_of_lane(r, lane);
+	pthread_mutex_unlock(&r->lock);
+	return s;
+}
+
 /*
- * The slot of the calling lane, made on first use: found through the
- * thread's last slot when it is the lane's (a worker's always is), else in
- * the list.  Outside a lane, the thread's own slot.
+ * The slot of the calling lane, made on first use.  Outside a lane, the
+ * thread's own slot.  A lane's slot is published in r->lane_slot after it
+ * is complete, so readers that find it there need no lock.
  */
 static struct rule_slot *slot_get(struct lua_rule *r)
 {
-	struct rule_slot *s = pthread_getspecific(r->slot_key);
 	int lane = r->lane();
+	struct rule_slot *s = slot_find(r, lane);
 
-	if (s && s->lane == lane)
+	if (s)
 		return s;
 	pthread_mutex_lock(&r->lock);
 	s = slot_of_lane(r, lane);
@@ -205,8 +222,11 @@ static struct rule_slot *slot_get(struct lua_rule *r)
 			r->slots = s;
 		}
 	}
+	if (s && lane >= 0 && lane < RULE_LANES)
+		atomic_store_explicit(&r->lane_slot[lane], s,
+		                      memory_order_release);
 	pthread_mutex_unlock(&r->lock);
-	if (s)
+	if (s && lane < 0)
 		pthread_setspecific(r->slot_key, s);
 	return s;
 }
@@ -399,10 +419,7 @@ static int rule_tick(void *state, int64_t now_us)
 	int lane = r->lane();
 
 	/* A lane that never ran the rule has nothing to tick. */
-	pthread_mutex_lock(&r->lock);
-	s = slot_of_lane(r, lane);
-	pthread_mutex_unlock(&r->lock);
-	if (!s)
+	if (!(s = slot_find(r, lane)))
 		return IOTR_OK;
 	pthread_mutex_lock(&s->lock);
 	if (slot_ready(s, err, sizeof(err)) == 0 &&

@@ -42,6 +42,9 @@ enum rule_allow {
 	RULE_ALLOW_DEBUG = 1 << 5    /* the debug library */
 };
 
+/* Lanes with a lock-free entry in lua_rule.lane_slot: router.workers' cap. */
+#define RULE_LANES 256
+
 /* One configured instance of the plugin. */
 struct lua_rule {
 	iotr_instance *inst;
@@ -54,10 +57,15 @@ struct lua_rule {
 	int64_t max_emits;          /* messages one call may produce */
 	int64_t log_rate;           /* log lines per second, 0: no limit */
 
-	pthread_key_t slot_key;     /* this thread's last slot */
+	pthread_key_t slot_key;     /* this thread's slot outside the lanes */
 	int (*lane)(void);          /* host->lane, or a stand-in for -1 */
 	pthread_mutex_t lock;       /* guards slots, source, source_len */
 	struct rule_slot *slots;
+	/* Each lane's slot once made, read without r->lock (an input running
+	 * routes inline meets a different lane on about every message).
+	 * Lanes are worker indexes, below router.workers' cap of RULE_LANES;
+	 * a lane beyond it is looked up in `slots` under the lock. */
+	_Atomic(struct rule_slot *) lane_slot[RULE_LANES];
 	char *source;               /* the script text now in force */
 	size_t source_len;
 	atomic_uint generation;     /* bumped by each successful reload */
