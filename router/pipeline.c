@@ -96,7 +96,7 @@ struct pipeline {
 	pthread_mutex_t wal_lock;
 	pthread_cond_t wal_cond;
 	int spilling;
-	uint64_t spill_from;
+	uint64_t spill_from;    /* the record the replayer (re)opens at */
 	struct msg_buf record;
 	pthread_t replayer;
 	int replayer_running;
@@ -794,7 +794,7 @@ static void *replayer_main(void *arg)
 	pthread_mutex_lock(&p->wal_lock);
 	for (;;) {
 		struct wal_reader *r;
-		uint64_t id;
+		uint64_t id, next;
 		void *data;
 		size_t len;
 		int rc;
@@ -807,7 +807,8 @@ static void *replayer_main(void *arg)
 		}
 		if (pipeline_stopping(p))
 			break;
-		r = wal_reader_open(p->wal, p->spill_from);
+		next = p->spill_from;
+		r = wal_reader_open(p->wal, next);
 		pthread_mutex_unlock(&p->wal_lock);
 		if (!r) {
 			log_error("cannot read the write-ahead log in %s; "
@@ -837,13 +838,19 @@ static void *replayer_main(void *arg)
 				          "failed (%d); retrying in 1 s",
 				          p->cfg->wal_dir, rc);
 				sleep(1);
+				/* Go on after the last record queued: the
+				 * ones before it are live until delivered,
+				 * and reading them again would queue them
+				 * twice. */
 				pthread_mutex_lock(&p->wal_lock);
+				p->spill_from = next;
 				break;                  /* locked */
 			}
 			if (replay_record(p, id, data, len)) {
 				pthread_mutex_lock(&p->wal_lock);
 				break;                  /* locked */
 			}
+			next = id + 1;
 		}
 		wal_reader_close(r);
 	}
