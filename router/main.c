@@ -351,7 +351,15 @@ static void shutdown_router(struct router_config *cfg, struct pipeline *p)
 		if (cfg->instances[i]->kind == IOTR_PLUGIN_TRANSFORM)
 			pipeline_stop_transform(p, cfg->instances[i]);
 	left = pipeline_drain(p, deadline);
-	if (left) {
+	if (left && cfg->wal_dir) {
+		log_warning("shutdown deadline of %lld ms passed with %llu "
+		            "messages not yet delivered; they stay in the "
+		            "write-ahead log and are sent after the next start "
+		            "(router.deferred; raise router.shutdown_timeout_ms "
+		            "to wait longer)",
+		            (long long)cfg->shutdown_timeout_ms,
+		            (unsigned long long)left);
+	} else if (left) {
 		log_error("shutdown deadline of %lld ms passed with %llu "
 		          "messages not yet delivered; they are counted as "
 		          "router.lost (raise router.shutdown_timeout_ms)",
