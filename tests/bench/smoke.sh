@@ -18,6 +18,20 @@ fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 pass() { echo "ok: $*"; }
 
+# options it cannot honour are refused at once, naming the option, before
+# anything is installed, built or started
+refused() {
+	local want=$1 msg rc
+	shift
+	msg=$(scripts/bench "$@" 2>&1)
+	rc=$?
+	[ "$rc" -eq 2 ] && [[ $msg == *"$want"* ]] &&
+		pass "refused: $*" || fail "scripts/bench $* exited $rc: $msg"
+}
+refused "--repeat takes a count of 1 or more" --repeat 0
+refused "--repeat takes a count of 1 or more" --repeat two
+refused "unknown option --no-such-option" --no-such-option
+
 if ! scripts/bench --skip-deps --skip-build --no-real-kafka --quick \
 	--qos 1 --variants "plain lua" --repeat 2 --out "$out" >"$out.log" 2>&1; then
 	cat "$out.log"
