@@ -218,32 +218,45 @@ void bench_tally_start(struct bench_tally *t, const struct bench_tally_opts *o)
 	};
 }
 
-static void bench_tally_sample(struct bench_tally *t, int64_t age_us)
+static void bench_samples_add(struct bench_samples *s, size_t max,
+			      int64_t age_us)
 {
-	if (t->nlat == t->caplat && t->caplat < t->opt->max_samples) {
-		size_t cap = t->caplat ? t->caplat * 2 : 65536;
+	if (s->n == s->cap && s->cap < max) {
+		size_t cap = s->cap ? s->cap * 2 : 65536;
 		uint32_t *p;
 
-		if (cap > t->opt->max_samples)
-			cap = t->opt->max_samples;
-		p = realloc(t->lat_us, cap * sizeof(*p));
+		if (cap > max)
+			cap = max;
+		p = realloc(s->us, cap * sizeof(*p));
 		if (p) {
-			t->lat_us = p;
-			t->caplat = cap;
+			s->us = p;
+			s->cap = cap;
 		}
 	}
 	/* Past the limit (or out of memory) the message is still counted,
 	 * only its age is not kept. */
-	if (t->nlat < t->caplat) {
+	if (s->n < s->cap) {
 		if (age_us < 0)
 			age_us = 0;
 		if (age_us > UINT32_MAX)
 			age_us = UINT32_MAX;
-		t->lat_us[t->nlat++] = (uint32_t)age_us;
+		s->us[s->n++] = (uint32_t)age_us;
 	}
 }
 
+static void bench_samples_free(struct bench_samples *s)
+{
+	free(s->us);
+	*s = (struct bench_samples){ 0 };
+}
+
 void bench_tally_add(struct bench_tally *t, const void *payload, size_t len)
+{
+	bench_tally_add_split(t, payload, len, -1);
+}
+
+void bench_tally_add_split(struct bench_tally *t, const void *payload,
+			   size_t len, int64_t stamp_us)
 {
 	const struct bench_tally_opts *o = t->opt;
 	int64_t now = bench_now_ns(CLOCK_MONOTONIC);
@@ -268,7 +281,12 @@ void bench_tally_add(struct bench_tally *t, const void *payload, size_t len)
 	}
 	if (t->first_ts_us == 0 || ts < t->first_ts_us)
 		t->first_ts_us = ts;
-	bench_tally_sample(t, now_rt - ts);
+	bench_samples_add(&t->age, o->max_samples, now_rt - ts);
+	if (stamp_us >= 0) {
+		bench_samples_add(&t->to_stamp, o->max_samples, stamp_us - ts);
+		bench_samples_add(&t->from_stamp, o->max_samples,
+				  now_rt - stamp_us);
+	}
 }
 
 enum bench_tally_state bench_tally_check(struct bench_tally *t, int64_t now,
@@ -301,6 +319,12 @@ static int bench_cmp_u32(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+static void bench_samples_sort(struct bench_samples *s)
+{
+	if (s->n)
+		qsort(s->us, s->n, sizeof(*s->us), bench_cmp_u32);
+}
+
 /* The p-th percentile (nearest rank) of sorted v[0..n-1]. */
 static uint32_t bench_percentile(const uint32_t *v, size_t n, double p)
 {
@@ -331,8 +355,8 @@ void bench_tally_report(struct bench_tally *t, bool complete)
 			fprintf(stderr, "%s: %s: %s\n", bench_name,
 				t->opt->samples_file, strerror(errno));
 		} else {
-			for (i = 0; i < t->nlat; i++)
-				fprintf(f, "%" PRIu32 "\n", t->lat_us[i]);
+			for (i = 0; i < t->age.n; i++)
+				fprintf(f, "%" PRIu32 "\n", t->age.us[i]);
 			if (fclose(f) != 0)
 				fprintf(stderr, "%s: %s: %s\n", bench_name,
 					t->opt->samples_file, strerror(errno));
@@ -344,26 +368,37 @@ void bench_tally_report(struct bench_tally *t, bool complete)
 		elapsed = (double)(t->last_rt_us - t->first_ts_us) / 1e6;
 	else
 		elapsed = (double)(t->last_ns - t->first_ns) / 1e9;
-	if (t->nlat)
-		qsort(t->lat_us, t->nlat, sizeof(*t->lat_us), bench_cmp_u32);
+	bench_samples_sort(&t->age);
 	printf("received=%" PRIu64 " elapsed_s=%.3f rate=%.1f p50_us=%" PRIu32
 	       " p99_us=%" PRIu32 " max_us=%" PRIu32 " no_ts=%" PRIu64
-	       " bytes_avg=%.0f cpu_s=%.3f maxrss_kb=%ld complete=%d\n",
+	       " bytes_avg=%.0f cpu_s=%.3f maxrss_kb=%ld complete=%d",
 	       t->received, elapsed,
 	       elapsed > 0 ? (double)t->received / elapsed : 0.0,
-	       bench_percentile(t->lat_us, t->nlat, 50),
-	       bench_percentile(t->lat_us, t->nlat, 99),
-	       t->nlat ? t->lat_us[t->nlat - 1] : 0, t->no_ts,
+	       bench_percentile(t->age.us, t->age.n, 50),
+	       bench_percentile(t->age.us, t->age.n, 99),
+	       t->age.n ? t->age.us[t->age.n - 1] : 0, t->no_ts,
 	       t->received ? (double)t->bytes / (double)t->received : 0.0, cpu,
 	       maxrss, complete ? 1 : 0);
+	if (t->to_stamp.n) {
+		bench_samples_sort(&t->to_stamp);
+		bench_samples_sort(&t->from_stamp);
+		printf(" to_stamp_p50_us=%" PRIu32 " to_stamp_p99_us=%" PRIu32
+		       " from_stamp_p50_us=%" PRIu32
+		       " from_stamp_p99_us=%" PRIu32,
+		       bench_percentile(t->to_stamp.us, t->to_stamp.n, 50),
+		       bench_percentile(t->to_stamp.us, t->to_stamp.n, 99),
+		       bench_percentile(t->from_stamp.us, t->from_stamp.n, 50),
+		       bench_percentile(t->from_stamp.us, t->from_stamp.n, 99));
+	}
+	putchar('\n');
 	fflush(stdout);
 }
 
 void bench_tally_free(struct bench_tally *t)
 {
-	free(t->lat_us);
-	t->lat_us = NULL;
-	t->nlat = t->caplat = 0;
+	bench_samples_free(&t->age);
+	bench_samples_free(&t->to_stamp);
+	bench_samples_free(&t->from_stamp);
 }
 
 int64_t bench_payload_ts(const void *payload, size_t len)

@@ -117,6 +117,12 @@ struct bench_tally_opts {
  * BENCH_SAMPLES_DEFAULT samples. */
 void bench_tally_opts_init(struct bench_tally_opts *o);
 
+/* Ages in microseconds, grown up to --max-samples. */
+struct bench_samples {
+	uint32_t *us;
+	size_t n, cap;
+};
+
 /* What has arrived, from bench_tally_start() on. */
 struct bench_tally {
 	const struct bench_tally_opts *opt;	/* borrowed */
@@ -130,8 +136,10 @@ struct bench_tally {
 	int64_t first_ns, last_ns;	/* CLOCK_MONOTONIC of arrivals */
 	int64_t first_ts_us;		/* earliest publish time seen */
 	int64_t last_rt_us;		/* CLOCK_REALTIME of the last arrival */
-	uint32_t *lat_us;		/* ages, grown up to opt->max_samples */
-	size_t nlat, caplat;
+	struct bench_samples age;	/* publish -> arrival */
+	/* Split at a time stamped on the way (bench_tally_add_split): publish
+	 * -> stamp, and stamp -> arrival.  Empty without stamps. */
+	struct bench_samples to_stamp, from_stamp;
 };
 
 /* Clear @t and start its clock; it borrows @o until bench_tally_free().
@@ -142,6 +150,13 @@ void bench_tally_start(struct bench_tally *t, const struct bench_tally_opts *o);
  * @len is 0).  A warm-up message is only counted as such, and creates
  * --warm-file when it is the --warm-count'th. */
 void bench_tally_add(struct bench_tally *t, const void *payload, size_t len);
+
+/* The same, for a message stamped on its way at @stamp_us (microseconds
+ * since the epoch; a Kafka record's timestamp, which iotrouter sets to the
+ * time its input received the message): its age is also split there.
+ * A negative @stamp_us is no stamp. */
+void bench_tally_add_split(struct bench_tally *t, const void *payload,
+			   size_t len, int64_t stamp_us);
 
 enum bench_tally_state {
 	BENCH_RUNNING,		/* go on receiving */
@@ -159,6 +174,9 @@ enum bench_tally_state bench_tally_check(struct bench_tally *t, int64_t now,
 /* Print the result line on stdout:
  *   received=N elapsed_s=S rate=R p50_us=A p99_us=B max_us=C no_ts=K
  *   bytes_avg=P cpu_s=U maxrss_kb=M complete=0|1
+ * and, when messages were stamped on the way, after complete:
+ *   to_stamp_p50_us=A to_stamp_p99_us=B from_stamp_p50_us=C
+ *   from_stamp_p99_us=D
  * Sorts the samples. */
 void bench_tally_report(struct bench_tally *t, bool complete);
 

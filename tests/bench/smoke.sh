@@ -48,14 +48,21 @@ bad=$(grep '^size=' "$txt" | grep -cv ' ratio=[0-9][0-9.]*$')
 [ "$bad" -eq 0 ] && pass "every case line ends in ratio=N" || fail "$bad case lines without ratio=N"
 
 # CSV: header plus four rows; every row complete, with a rate, a p99 and a
-# bare reference
-head -1 "$csv" | grep -q ',kafka_gc_ms,bare_ref_rate$' && pass "CSV header" ||
-	fail "CSV header: $(head -1 "$csv")"
+# bare reference (columns after the quoted note, which may hold commas, are
+# counted from the end)
+head -1 "$csv" | grep -q ',kafka_gc_ms,bare_ref_rate,p99_to_router_ms,p99_after_router_ms$' &&
+	pass "CSV header" || fail "CSV header: $(head -1 "$csv")"
 rows=$(awk -F, 'NR > 1' "$csv" | wc -l)
 [ "$rows" -eq 4 ] && pass "4 CSV rows" || fail "$rows CSV rows, expected 4"
-awk -F, 'NR > 1 && !($5 > 0 && $8 > 0 && $16 == 1 && $NF > 0) { print; bad = 1 }
+awk -F, 'NR > 1 && !($5 > 0 && $8 > 0 && $16 == 1 && $(NF - 2) > 0) { print; bad = 1 }
 	END { exit bad }' "$csv" && pass "every row: rate, p99, complete, bare reference" ||
 	fail "rows above lack a rate, a p99, completeness or a bare reference"
+# the cases read back from Kafka split their p99 at the record's timestamp,
+# and neither part exceeds the whole
+awk -F, 'NR > 1 && $3 != "bare-mqtt" && !($(NF - 1) >= 0 && $NF > 0 &&
+	$(NF - 1) <= $8 + 1 && $NF <= $8 + 1) { print; bad = 1 }
+	END { exit bad }' "$csv" && pass "Kafka rows: p99 split at the record's timestamp" ||
+	fail "rows above lack the p99 split, or a part exceeds the whole"
 
 # the router cases compared with the bare phases around them: 2 router
 # phases each, and 1 + 2 bare rates (the one before, one after each)
