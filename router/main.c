@@ -353,10 +353,11 @@ static void shutdown_router(struct router_config *cfg, struct pipeline *p)
 	left = pipeline_drain(p, deadline);
 	if (left && cfg->wal_dir) {
 		log_warning("shutdown deadline of %lld ms passed with %llu "
-		            "messages not yet delivered; they stay in the "
-		            "write-ahead log and are sent after the next start "
-		            "(router.deferred; raise router.shutdown_timeout_ms "
-		            "to wait longer)",
+		            "messages not yet delivered; those in the "
+		            "write-ahead log stay there and are sent after the "
+		            "next start (router.deferred), any it could not log "
+		            "are counted as router.lost (raise "
+		            "router.shutdown_timeout_ms to wait longer)",
 		            (long long)cfg->shutdown_timeout_ms,
 		            (unsigned long long)left);
 	} else if (left) {

@@ -85,7 +85,7 @@ assert_eq 0 "$ROUTER_RC" "with the write-ahead log, too"
 assert_eq "20 0 20" "$(router_counter router.received) $(router_counter router.lost) $(router_counter router.deferred)" \
 	"with the log, all 20 are deferred, none lost"
 assert_cmd "the deadline line says they stay in the log" \
-	grep -q 'not yet delivered; they stay in the write-ahead log' "$ROUTER_LOG"
+	grep -q 'not yet delivered; those in the write-ahead log stay there' "$ROUTER_LOG"
 # the next start routes them under its own configuration: to the file
 conf=$(flush_config wal "$wal" file)
 router_start "$conf" || bail_out "router did not start"
