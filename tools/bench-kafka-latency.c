@@ -223,13 +223,15 @@ static void lat_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 }
 
 /* The record's timestamp in microseconds, at the middle of its
- * millisecond; -1 without one. */
+ * millisecond; -1 without one, or when it is the broker's append time
+ * (a topic with message.timestamp.type=LogAppendTime), which would put
+ * the broker's share on the router's side of the split. */
 static int64_t lat_stamp_us(const rd_kafka_message_t *m)
 {
 	rd_kafka_timestamp_type_t type;
 	int64_t ms = rd_kafka_message_timestamp(m, &type);
 
-	if (type == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE || ms <= 0)
+	if (type != RD_KAFKA_TIMESTAMP_CREATE_TIME || ms <= 0)
 		return -1;
 	return ms * 1000 + 500;
 }
