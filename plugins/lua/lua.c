@@ -161,15 +161,13 @@ out:
 
 /* --- slots: one per lane ----------------------------------------------------------- */
 
-/* lane's slot (for -1, the calling thread's), or NULL; r->lock held. */
+/* The slot of lane (>= 0) in the list, or NULL; r->lock held. */
 static struct rule_slot *slot_of_lane(struct lua_rule *r, int lane)
 {
 	struct rule_slot *s;
 
-	for (s = r->slots; s; s = s->next)
-		if (s->lane == lane &&
-		    (lane >= 0 || pthread_equal(s->owner, pthread_self())))
-			break;
+	for (s = r->slots; s && s->lane != lane; s = s->next)
+		;
 	return s;
 }
 
@@ -179,17 +177,18 @@ static int rule_no_lane(void)
 	return -1;
 }
 
-/* lane's slot if it has one yet, or NULL; takes r->lock only for a lane
- * without an entry in r->lane_slot. */
+/* lane's slot if it has one yet (outside the lanes, the calling thread's),
+ * or NULL; takes r->lock only for a lane without an entry in
+ * r->lane_slot. */
 static struct rule_slot *slot_find(struct lua_rule *r, int lane)
 {
 	struct rule_slot *s;
 
-	if (lane >= 0 && lane < RULE_LANES)
+	if (lane < 0)
+		return pthread_getspecific(r->slot_key);
+	if (lane < RULE_LANES)
 		return atomic_load_explicit(&r->lane_slot[lane],
 		                            memory_order_acquire);
-	if (lane < 0 && (s = pthread_getspecific(r->slot_key)))
-		return s;
 	pthread_mutex_lock(&r->lock);
 	s = slot_of_lane(r, lane);
 	pthread_mutex_unlock(&r->lock);
@@ -209,7 +208,7 @@ static struct rule_slot *slot_get(struct lua_rule *r)
 	if (s)
 		return s;
 	pthread_mutex_lock(&r->lock);
-	s = slot_of_lane(r, lane);
+	s = lane >= 0 ? slot_of_lane(r, lane) : NULL;
 	if (!s && (s = calloc(1, sizeof(*s)))) {
 		if (pthread_mutex_init(&s->lock, NULL) != 0) {
 			free(s);
@@ -217,7 +216,6 @@ static struct rule_slot *slot_get(struct lua_rule *r)
 		} else {
 			s->rule = r;
 			s->lane = lane;
-			s->owner = pthread_self();
 			s->next = r->slots;
 			r->slots = s;
 		}

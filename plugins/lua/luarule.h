@@ -123,8 +123,7 @@ struct rule_vm {
  * instance. */
 struct rule_slot {
 	struct lua_rule *rule;
-	int lane;                   /* the router's lane; -1: owner's alone */
-	pthread_t owner;            /* the thread, for lane -1 */
+	int lane;                   /* the router's lane; -1: one thread's */
 	pthread_mutex_t lock;       /* held while Lua runs in vm */
 	struct rule_vm *vm;         /* NULL until built, or after a reset */
 	int stopped;                /* on_stop() has run (shutdown) */
