@@ -5,7 +5,7 @@
  *   luavm.c    one Lua state: allocator with a cap, instruction budget,
  *              sandbox, the `router` table, protected calls
  *   luamsg.c   the `msg` object handed to on_message, and fan-out
- *   luajson.c  JSON <-> Lua values with jansson
+ *   luajson.c  JSON <-> Lua values (its own decoder; jansson encodes)
  *
  * Threading: a slot belongs to one of the router's lanes (or, outside
  * them, to one thread); whichever thread runs Lua in it holds slot->lock,

@@ -2,7 +2,8 @@
 # tests/fuzz/run.sh - build a libFuzzer target with clang and run it for a
 # bounded time, from a seed corpus.
 #
-#   tests/fuzz/run.sh TARGET SECONDS   TARGET: wal, record, template, config
+#   tests/fuzz/run.sh TARGET SECONDS   TARGET: wal, record, template, config,
+#                                      luajson
 #
 # Needs clang (Debian: apt-get install clang).  The binary, the corpus it
 # grows and any crashing input go under $FUZZ_OUT (default
@@ -13,7 +14,7 @@
 set -eu
 cd "$(dirname "$0")/../.."
 
-usage() { echo "usage: tests/fuzz/run.sh TARGET SECONDS   (TARGET: wal, record, template, config)" >&2; exit 2; }
+usage() { echo "usage: tests/fuzz/run.sh TARGET SECONDS   (TARGET: wal, record, template, config, luajson)" >&2; exit 2; }
 [ $# -eq 2 ] || usage
 target=$1
 seconds=$2
@@ -57,8 +58,26 @@ config)
 	src="tests/fuzz/fuzz_config.c router/conf.c router/instance.c router/route.c router/template.c router/msg.c router/log.c router/metrics.c"
 	cp config/*.conf "$out/corpus/" 2>/dev/null || true
 	;;
+luajson)
+	# The lua plugin's JSON decoder against jansson's (Lua 5.4 too).
+	src="tests/fuzz/fuzz_luajson.c tests/unit/luajson_oracle.c plugins/lua/luajson.c"
+	flags="$flags -Iplugins/lua -Itests/unit $(pkg-config --cflags lua5.4)"
+	libs="$libs $(pkg-config --libs lua5.4) -lm"
+	cat > "$out/dict" <<'DICT'
+"\\u"
+"\\ud83d\\ude00"
+"true"
+"false"
+"null"
+"1e"
+"-0."
+DICT
+	dict=$out/dict
+	printf '{"device":"dev-0001","value":21.53,"seq":1234,"xs":[1,2.5e3,null,true],"s":"caf\303\251 \\u00e9\\n"}' \
+		> "$out/corpus/seed-reading"
+	;;
 *)
-	echo "run.sh: unknown target '$target' (known: wal, record, template, config)" >&2
+	echo "run.sh: unknown target '$target' (known: wal, record, template, config, luajson)" >&2
 	exit 2
 	;;
 esac
