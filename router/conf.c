@@ -29,6 +29,15 @@
 #define DEFAULT_STATS_INTERVAL_S 60
 #define DEFAULT_RETRY_BACKOFF_MS 500
 #define DEFAULT_WORKER_LINGER_US 500
+/* router.inline_max_us: a route's transforms that take less than this a
+ * message (a filter, a field or two, a small JSON payload decoded) run on
+ * the input's thread in "auto" mode; dearer ones are spread over the
+ * workers, since the input's thread already spends about this much on
+ * receiving each message. */
+#define DEFAULT_INLINE_MAX_US 2
+/* router.inline_drain_wait_us: enough for a worker to finish a backlog of
+ * cheap messages, short enough not to hold up an input. */
+#define DEFAULT_INLINE_DRAIN_WAIT_US 2000
 #define DEFAULT_MESSAGE_POOL_BYTES (4 << 20)
 #define DEFAULT_WAL_SEGMENT_BYTES (64LL << 20)
 #define DEFAULT_WAL_MAX_BYTES (1LL << 30)
@@ -159,6 +168,30 @@ static int get_bool(struct reader *rd, const config_setting_t *s,
 	}
 	*out = config_setting_get_bool(s);
 	return 0;
+}
+
+/* router.inline_transforms: true, false or "auto". */
+static int get_inline(struct reader *rd, const config_setting_t *s, int *out)
+{
+	const char *str;
+
+	if (config_setting_type(s) == CONFIG_TYPE_BOOL) {
+		*out = config_setting_get_bool(s) ? ROUTER_INLINE_ON :
+		                                    ROUTER_INLINE_OFF;
+		return 0;
+	}
+	if (config_setting_type(s) == CONFIG_TYPE_STRING &&
+	    (str = config_setting_get_string(s)) && strcmp(str, "auto") == 0) {
+		*out = ROUTER_INLINE_AUTO;
+		return 0;
+	}
+	if (config_setting_type(s) == CONFIG_TYPE_STRING)
+		ERR(rd, s, "router.inline_transforms must be true, false or "
+		    "\"auto\", not \"%s\"", config_setting_get_string(s));
+	else
+		ERR(rd, s, "router.inline_transforms must be true, false or "
+		    "\"auto\", not %s", setting_type_name(s));
+	return -1;
 }
 
 /* --- plugin parameters, checked against the plugin's schema -------------- */
@@ -590,8 +623,13 @@ static void read_router(struct reader *rd, const config_setting_t *g,
 			get_bool(rd, s, "router.direct_output",
 			         &cfg->direct_output);
 		} else if (strcmp(key, "inline_transforms") == 0) {
-			get_bool(rd, s, "router.inline_transforms",
-			         &cfg->inline_transforms);
+			get_inline(rd, s, &cfg->inline_transforms);
+		} else if (strcmp(key, "inline_max_us") == 0) {
+			get_int(rd, s, "router.inline_max_us", 0, 1000000,
+			        &cfg->inline_max_us);
+		} else if (strcmp(key, "inline_drain_wait_us") == 0) {
+			get_int(rd, s, "router.inline_drain_wait_us", 0, 1000000,
+			        &cfg->inline_drain_wait_us);
 		} else if (strcmp(key, "default_headers") == 0) {
 			get_bool(rd, s, "router.default_headers",
 			         &cfg->default_headers);
@@ -937,7 +975,9 @@ int config_load(const char *path, char *const *extra_dirs, size_t nextra,
 	cfg->retry_backoff_ms = DEFAULT_RETRY_BACKOFF_MS;
 	cfg->default_headers = 1;
 	cfg->direct_output = 1;
-	cfg->inline_transforms = 0;
+	cfg->inline_transforms = ROUTER_INLINE_AUTO;
+	cfg->inline_max_us = DEFAULT_INLINE_MAX_US;
+	cfg->inline_drain_wait_us = DEFAULT_INLINE_DRAIN_WAIT_US;
 	cfg->worker_linger_us = DEFAULT_WORKER_LINGER_US;
 	cfg->message_pool_bytes = DEFAULT_MESSAGE_POOL_BYTES;
 	cfg->wal_segment_bytes = DEFAULT_WAL_SEGMENT_BYTES;

@@ -26,6 +26,15 @@ void cfg_error(struct cfg_errors *e, const char *file, int line,
                const char *fmt, ...) IOTR_PRINTF(4, 5);
 void cfg_errors_free(struct cfg_errors *e);
 
+/* router.inline_transforms: where a route with transforms runs them. */
+enum router_inline {
+	ROUTER_INLINE_OFF = 0,  /* on the workers */
+	ROUTER_INLINE_ON = 1,   /* on the input's thread */
+	ROUTER_INLINE_AUTO = 2  /* on the input's thread while they are cheap
+	                           (router.inline_max_us) and the lane's worker
+	                           has nothing of it */
+};
+
 struct router_config {
 	char *file;
 	struct loader loader;
@@ -39,7 +48,10 @@ struct router_config {
 	int64_t retry_backoff_ms;
 	int default_headers;
 	int direct_output;          /* routes without transforms skip workers */
-	int inline_transforms;      /* and routes with transforms too (1.2) */
+	int inline_transforms;      /* enum router_inline: and routes with
+	                               transforms too (1.2) */
+	int64_t inline_max_us;      /* ROUTER_INLINE_AUTO's cost threshold */
+	int64_t inline_drain_wait_us; /* and its wait for a lane's worker */
 	int64_t worker_linger_us;   /* a worker waits this long for a batch */
 	int64_t message_pool_bytes; /* freed message memory kept per thread */
 	char *dead_letter_topic;    /* NULL: failed messages are logged */

@@ -9,7 +9,9 @@
  * calls in its lane (and all of them, in index order, around a transform's
  * stop()); a transform may take a queue lock or wal_lock under it, never
  * the other way round.  Config, routes and instances are read-only here,
- * except each route's inline_transforms, set once by pipeline_new().
+ * except each route's inline_transforms, set once by pipeline_new(); the
+ * routes' measured costs (route_cost_ns) are relaxed atomics, each queue's
+ * `pending` an atomic.
  *
  * Every accepted message ends in exactly one of: delivered (a dead letter
  * that reached the dead-letter topic counts here too), dropped by a
@@ -54,6 +56,16 @@ struct queue {
 	 * per message into one per linger period. */
 	int lingering;
 	int may_linger;
+	/* Messages pushed and not yet finished by the worker (handed to their
+	 * output, or ended).  A route in this lane runs inline in auto mode
+	 * only once they are all finished, so that no message overtakes one
+	 * queued before it: its key's order holds.  An input's thread that
+	 * waits for that (lane_drain) counts in waiting_drain and sleeps on
+	 * `drained`. */
+	atomic_size_t pending;
+	atomic_int waiting_drain;
+	pthread_cond_t drained;
+	_Atomic int64_t drain_retry_ms; /* no waiting before this (monotonic) */
 };
 
 /* A worker takes up to this many messages per lock, so that a busy queue
@@ -86,7 +98,12 @@ struct pipeline {
 	size_t max_captures;            /* the most any route's filter has */
 
 	iotr_counter *received, *unmatched, *delivered, *dropped,
-		*dead_lettered, *lost, *oversized, *retried, *deferred;
+		*dead_lettered, *lost, *oversized, *retried, *deferred,
+		*inline_runs;
+	/* Each route's transforms' time a message (ns, a moving average of
+	 * samples; 0: not measured yet), for ROUTER_INLINE_AUTO. */
+	_Atomic int64_t *route_cost_ns;
+	int64_t inline_max_ns;
 
 	/* The write-ahead log (NULL: off).  wal_lock orders appends with the
 	 * switch between queueing directly and spilling: while `spilling`,
@@ -179,9 +196,13 @@ static int queue_init(struct queue *q, size_t cap)
 {
 	memset(q, 0, sizeof(*q));
 	q->cap = cap;
+	atomic_init(&q->pending, 0);
+	atomic_init(&q->waiting_drain, 0);
+	atomic_init(&q->drain_retry_ms, 0);
 	if (pthread_mutex_init(&q->lock, NULL) ||
 	    cond_init_monotonic(&q->not_empty) ||
-	    cond_init_monotonic(&q->not_full))
+	    cond_init_monotonic(&q->not_full) ||
+	    cond_init_monotonic(&q->drained))
 		return -1;
 	return 0;
 }
@@ -224,6 +245,7 @@ static int queue_push(struct pipeline *p, struct queue *q, iotr_msg *msg,
 		q->head = msg;
 	q->tail = msg;
 	q->len++;
+	atomic_fetch_add(&q->pending, 1);
 	if (q->waiting_pop || (q->lingering && q->len >= WORKER_BATCH))
 		pthread_cond_signal(&q->not_empty);
 	pthread_mutex_unlock(&q->lock);
@@ -512,6 +534,75 @@ static void ingest_oversized(struct pipeline *p, iotr_msg *msg, size_t size)
 static void run_output(struct pipeline *p, iotr_msg *msg);
 static int run_transforms(struct worker *w, iotr_msg *msg);
 
+/* After a wait in lane_drain() that timed out (an output holding the
+ * worker back, say), messages of the lane go to the worker without waiting
+ * for this many times router.inline_drain_wait_us. */
+#define LANE_DRAIN_RETRY_FACTOR 50
+
+/*
+ * Wait until worker w has finished every message it was given (its lane
+ * is drained), for at most router.inline_drain_wait_us; 1 if it has.
+ * Without this, a route that went to the workers for a while would stay
+ * there as long as messages keep coming: each would find the one before
+ * it still queued.
+ */
+static int lane_drain(struct pipeline *p, struct worker *w)
+{
+	struct queue *q = &w->q;
+	int64_t wait_us = p->cfg->inline_drain_wait_us;
+	struct timespec ts;
+	int drained;
+
+	if (!wait_us ||
+	    monotonic_ms() < atomic_load_explicit(&q->drain_retry_ms,
+	                                          memory_order_relaxed))
+		return 0;
+	deadline_ts_us(&ts, wait_us);
+	pthread_mutex_lock(&q->lock);
+	atomic_fetch_add(&q->waiting_drain, 1);
+	while (atomic_load(&q->pending)) {
+		/* a worker lingering for a batch would not come sooner */
+		if (q->lingering || q->waiting_pop)
+			pthread_cond_signal(&q->not_empty);
+		if (pthread_cond_timedwait(&q->drained, &q->lock, &ts) ==
+		    ETIMEDOUT)
+			break;
+	}
+	atomic_fetch_sub(&q->waiting_drain, 1);
+	drained = atomic_load(&q->pending) == 0;
+	pthread_mutex_unlock(&q->lock);
+	if (!drained)
+		atomic_store_explicit(&q->drain_retry_ms, monotonic_ms() +
+		                      wait_us * LANE_DRAIN_RETRY_FACTOR / 1000,
+		                      memory_order_relaxed);
+	return drained;
+}
+
+/*
+ * Whether the route of msg, which has transforms, runs on this thread now
+ * (see route_choose_inline): always when router.inline_transforms is on;
+ * in auto mode while its transforms cost under router.inline_max_us a
+ * message, once the worker of the message's lane has finished all it has
+ * of the lane (lane_drain).  Never from inside a transform call: a plugin
+ * that is also an input and emits from process() would take a lane it
+ * holds.
+ */
+static int route_inline_now(struct pipeline *p, const iotr_msg *msg)
+{
+	const struct route *r = msg->route;
+	struct worker *w;
+
+	if (current_ctx || r->inline_transforms == ROUTER_INLINE_OFF)
+		return 0;
+	if (r->inline_transforms == ROUTER_INLINE_ON)
+		return 1;
+	if (atomic_load_explicit(&p->route_cost_ns[r - p->cfg->routes],
+	                         memory_order_relaxed) >= p->inline_max_ns)
+		return 0;
+	w = worker_for(p, msg);
+	return atomic_load(&w->q.pending) == 0 || lane_drain(p, w);
+}
+
 /*
  * Route a message and queue it (see enum push_mode).  Returns IOTR_OK when
  * the pipeline took it (queued, dead-lettered, or dropped as unmatched);
@@ -571,19 +662,19 @@ static int admit(struct pipeline *p, iotr_msg *msg, enum push_mode mode)
 		ingest_oversized(p, msg, size);
 		return IOTR_OK;
 	}
-	/* (Not inline from inside a transform call: a plugin that is also an
-	 * input and emits from process() would take a lane it holds.) */
 	if (mode == PUSH_BLOCK && cfg->direct_output &&
 	    (!msg->route || !msg->route->ntransforms ||
-	     (msg->route->inline_transforms && !current_ctx))) {
+	     route_inline_now(p, msg))) {
 		/* Run the route on this thread, saving a queue and a thread
 		 * switch per message: its transforms in the key's lane (see
 		 * struct worker), then the output.  Order holds per input
 		 * connection; an output that is full blocks this thread,
 		 * which is the backpressure we want. */
-		if (msg->route && msg->route->ntransforms &&
-		    !run_transforms(worker_for(p, msg), msg))
-			return IOTR_OK;
+		if (msg->route && msg->route->ntransforms) {
+			metrics_add(p->inline_runs, 1);
+			if (!run_transforms(worker_for(p, msg), msg))
+				return IOTR_OK;
+		}
 		run_output(p, msg);
 		return IOTR_OK;
 	}
@@ -896,6 +987,36 @@ static void run_output(struct pipeline *p, iotr_msg *msg)
 		lose(p, msg, "the output could not take it");
 }
 
+/* One message in this many has its transforms timed, wherever they run,
+ * for route_inline_now(); the first ones of a route always are. */
+#define COST_SAMPLE 16
+
+static int64_t monotonic_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Fold a sample into a route's cost: a moving average over about eight
+ * samples, never 0 once measured.  A sample counts for at most four times
+ * router.inline_max_us, so that one slow call (the first in a lane, which
+ * builds a Lua state; a garbage collection) moves the average by half the
+ * threshold at most.  Two threads may race here; losing a sample does no
+ * harm. */
+static void cost_sample(struct pipeline *p, _Atomic int64_t *cost, int64_t ns)
+{
+	int64_t old = atomic_load_explicit(cost, memory_order_relaxed);
+	int64_t now;
+
+	if (ns > 4 * p->inline_max_ns)
+		ns = 4 * p->inline_max_ns;
+	now = old + (ns - old) / 8;
+
+	atomic_store_explicit(cost, now > 0 ? now : 1, memory_order_relaxed);
+}
+
 /*
  * Run the rest of the message's transform chain in lane w; 1 if it goes on.
  * The lane's lock is held for the whole chain, so that the messages of a
@@ -904,14 +1025,23 @@ static void run_output(struct pipeline *p, iotr_msg *msg)
  */
 static int run_transforms(struct worker *w, iotr_msg *msg)
 {
+	static _Thread_local unsigned sample_tick;
 	struct pipeline *p = w->p;
 	const struct route *r = msg->route;
 	struct iotr_instance *t = NULL;
+	_Atomic int64_t *cost = NULL;
+	int64_t t0 = 0;
 	int rc = IOTR_OK;
 
 	if (!r || msg->stage >= r->ntransforms)
 		return 1;
 	pthread_mutex_lock(&w->lane_lock);
+	if (r->inline_transforms == ROUTER_INLINE_AUTO) {
+		cost = &p->route_cost_ns[r - p->cfg->routes];
+		if (sample_tick++ % COST_SAMPLE == 0 ||
+		    !atomic_load_explicit(cost, memory_order_relaxed))
+			t0 = monotonic_ns();
+	}
 	while (rc == IOTR_OK && msg->stage < r->ntransforms) {
 		struct emit_ctx ctx = { w, r, msg->stage + 1, msg->output, msg };
 
@@ -920,6 +1050,8 @@ static int run_transforms(struct worker *w, iotr_msg *msg)
 		rc = t->plugin->process(t->state, msg);
 		current_ctx = NULL;
 	}
+	if (t0)
+		cost_sample(p, cost, monotonic_ns() - t0);
 	pthread_mutex_unlock(&w->lane_lock);
 	if (rc == IOTR_OK)
 		return 1;
@@ -967,6 +1099,7 @@ static void *worker_main(void *arg)
 
 	for (;;) {
 		iotr_msg *batch = queue_pop(p, &w->q, next_tick, WORKER_BATCH);
+		size_t done = 0;
 
 		if (!batch && atomic_load(&p->quit))
 			break;
@@ -981,9 +1114,18 @@ static void *worker_main(void *arg)
 
 			batch = msg->next;
 			msg->next = NULL;
+			done++;
 			if (!msg->dead_letter && !run_transforms(w, msg))
 				continue;
 			run_output(p, msg);
+		}
+		if (done && atomic_fetch_sub(&w->q.pending, done) == done &&
+		    atomic_load(&w->q.waiting_drain)) {
+			/* (See lane_drain: the waiter counted itself before it
+			 * read `pending`, so one of the two sees the other.) */
+			pthread_mutex_lock(&w->q.lock);
+			pthread_cond_broadcast(&w->q.drained);
+			pthread_mutex_unlock(&w->q.lock);
 		}
 	}
 	return NULL;
@@ -1169,17 +1311,18 @@ static int pipeline_open_wal(struct pipeline *p)
 }
 
 /*
- * Whether a route's transforms run on the thread of the input that took the
- * message (router.inline_transforms, with direct_output): only when each of
- * them was built against plugin ABI 1.2 or later, which tells a transform
- * that its lane, not its thread, holds a key (host->lane()).
+ * Whether a route's transforms may run on the thread of the input that took
+ * the message (router.inline_transforms, with direct_output; in auto mode
+ * route_inline_now() decides each time): only when each of them was built
+ * against plugin ABI 1.2 or later, which tells a transform that its lane,
+ * not its thread, holds a key (host->lane()).
  */
 static void route_choose_inline(const struct router_config *cfg,
                                 struct route *r)
 {
 	size_t i;
 
-	r->inline_transforms = 0;
+	r->inline_transforms = ROUTER_INLINE_OFF;
 	/* with the write-ahead log, intake never waits on a route: it queues */
 	if (!r->ntransforms || !cfg->inline_transforms || !cfg->direct_output ||
 	    cfg->wal_dir)
@@ -1196,7 +1339,7 @@ static void route_choose_inline(const struct router_config *cfg,
 			return;
 		}
 	}
-	r->inline_transforms = 1;
+	r->inline_transforms = cfg->inline_transforms;
 }
 
 struct pipeline *pipeline_new(struct router_config *cfg)
@@ -1209,17 +1352,23 @@ struct pipeline *pipeline_new(struct router_config *cfg)
 	p->cfg = cfg;
 	p->nworkers = (size_t)cfg->workers;
 	p->workers = calloc(p->nworkers, sizeof(*p->workers));
-	if (!p->workers || pthread_mutex_init(&p->drain_lock, NULL) ||
+	p->route_cost_ns = calloc(cfg->nroutes ? cfg->nroutes : 1,
+	                          sizeof(*p->route_cost_ns));
+	if (!p->workers || !p->route_cost_ns ||
+	    pthread_mutex_init(&p->drain_lock, NULL) ||
 	    cond_init_monotonic(&p->drain_cond)) {
+		free(p->route_cost_ns);
 		free(p->workers);
 		free(p);
 		return NULL;
 	}
+	p->inline_max_ns = cfg->inline_max_us * 1000;
 	for (i = 0; i < p->nworkers; i++) {
 		p->workers[i].p = p;
 		p->workers[i].index = i;
 		if (pthread_mutex_init(&p->workers[i].lane_lock, NULL) ||
 		    queue_init(&p->workers[i].q, (size_t)cfg->queue_size)) {
+			free(p->route_cost_ns);
 			free(p->workers);
 			free(p);
 			return NULL;
@@ -1247,6 +1396,7 @@ struct pipeline *pipeline_new(struct router_config *cfg)
 	p->retried = metrics_counter("router.retried");
 	p->lost = metrics_counter("router.lost");
 	p->deferred = metrics_counter("router.deferred");
+	p->inline_runs = metrics_counter("router.inline");
 	if (cfg->wal_dir && pipeline_open_wal(p)) {
 		pipeline_free(p);
 		return NULL;
@@ -1373,6 +1523,7 @@ void pipeline_free(struct pipeline *p)
 		pthread_mutex_destroy(&p->workers[i].q.lock);
 		pthread_cond_destroy(&p->workers[i].q.not_empty);
 		pthread_cond_destroy(&p->workers[i].q.not_full);
+		pthread_cond_destroy(&p->workers[i].q.drained);
 	}
 	pthread_mutex_destroy(&p->drain_lock);
 	pthread_cond_destroy(&p->drain_cond);
@@ -1382,6 +1533,7 @@ void pipeline_free(struct pipeline *p)
 		pthread_cond_destroy(&p->wal_cond);
 	}
 	free(p->record.data);
+	free(p->route_cost_ns);
 	free(p->workers);
 	free(p);
 }

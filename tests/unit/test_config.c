@@ -248,7 +248,9 @@ START_TEST(router_defaults)
 	ck_assert_int_eq(cfg.default_headers, 1);
 	ck_assert_int_eq(cfg.routes[0].default_headers, 1);
 	ck_assert_int_eq(cfg.direct_output, 1);
-	ck_assert_int_eq(cfg.inline_transforms, 0);
+	ck_assert_int_eq(cfg.inline_transforms, ROUTER_INLINE_AUTO);
+	ck_assert_int_eq(cfg.inline_max_us, 2);
+	ck_assert_int_eq(cfg.inline_drain_wait_us, 2000);
 	ck_assert_ptr_null(cfg.dead_letter_topic);
 	ck_assert_ptr_null(cfg.dead_letter_output);
 	ck_assert_ptr_null(cfg.unmatched_topic);
@@ -271,6 +273,8 @@ START_TEST(router_settings)
 	        "  default_headers = false;\n"
 	        "  direct_output = false;\n"
 	        "  inline_transforms = true;\n"
+	        "  inline_max_us = 50;\n"
+	        "  inline_drain_wait_us = 0;\n"
 	        "  dead_letter_topic = \"dlq\";\n"
 	        "  unmatched_topic = \"unmatched\";\n"
 	        "};\n"
@@ -288,7 +292,9 @@ START_TEST(router_settings)
 	ck_assert_int_eq(cfg.message_pool_bytes, 0);
 	ck_assert_int_eq(cfg.default_headers, 0);
 	ck_assert_int_eq(cfg.direct_output, 0);
-	ck_assert_int_eq(cfg.inline_transforms, 1);
+	ck_assert_int_eq(cfg.inline_transforms, ROUTER_INLINE_ON);
+	ck_assert_int_eq(cfg.inline_max_us, 50);
+	ck_assert_int_eq(cfg.inline_drain_wait_us, 0);
 	/* router.default_headers is each route's default... */
 	ck_assert_int_eq(cfg.routes[0].default_headers, 0);
 	/* ...which a route may override */
@@ -405,13 +411,16 @@ START_TEST(router_wrong_type)
 	           "  workers = \"4\";\n"
 	           "  default_headers = 1;\n"
 	           "  dead_letter_topic = [ \"a\" ];\n"
-	           "};\n" INPUT OUTPUT ROUTE, 3);
+	           "  inline_transforms = \"yes\";\n"
+	           "};\n" INPUT OUTPUT ROUTE, 4);
 	expect_error(2, "router.workers must be an integer, not a string",
 	             NULL);
 	expect_error(3, "router.default_headers must be true or false, "
 	             "not an integer", NULL);
 	expect_error(4, "router.dead_letter_topic must be a string, not an "
 	             "array", NULL);
+	expect_error(5, "router.inline_transforms must be true, false or "
+	             "\"auto\", not \"yes\"", NULL);
 }
 END_TEST
 
@@ -422,7 +431,8 @@ START_TEST(router_bad_values)
 	           "  queue_size = 200000000;\n"
 	           "  log_level = \"loud\";\n"
 	           "  message_pool_bytes = -1;\n"
-	           "};\n" INPUT OUTPUT ROUTE, 4);
+	           "  inline_max_us = -1;\n"
+	           "};\n" INPUT OUTPUT ROUTE, 5);
 	expect_error(2, "router.workers is 0; it must be between 1 and 256",
 	             NULL);
 	expect_error(3, "router.queue_size is 200000000; it must be between "
@@ -431,6 +441,19 @@ START_TEST(router_bad_values)
 	             "error, warning, notice, info or debug", NULL);
 	expect_error(5, "router.message_pool_bytes is -1; it must be between "
 	             "0 and 1073741824", NULL);
+	expect_error(6, "router.inline_max_us is -1; it must be between 0 and "
+	             "1000000", NULL);
+}
+END_TEST
+
+START_TEST(router_inline_modes)
+{
+	load_ok("router = { inline_transforms = \"auto\"; };\n"
+	        INPUT OUTPUT ROUTE);
+	ck_assert_int_eq(cfg.inline_transforms, ROUTER_INLINE_AUTO);
+	load_ok("router = { inline_transforms = false; };\n"
+	        INPUT OUTPUT ROUTE);
+	ck_assert_int_eq(cfg.inline_transforms, ROUTER_INLINE_OFF);
 }
 END_TEST
 
@@ -879,6 +902,7 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, unknown_router_key);
 	tcase_add_test(tc, router_wrong_type);
 	tcase_add_test(tc, router_bad_values);
+	tcase_add_test(tc, router_inline_modes);
 	tcase_add_test(tc, side_output_errors);
 	suite_add_tcase(s, tc);
 

@@ -1,0 +1,109 @@
+#!/bin/bash
+# inline_auto.sh - router.inline_transforms = "auto", the default: a route
+# whose rule is cheap runs on the input's thread, one whose rule is dear
+# goes to the workers, and a rule whose cost changes from message to
+# message moves between the two with every message delivered once and in
+# order per key.  router.inline counts the messages run inline.
+. "$(dirname "$0")/../harness/lib.sh"
+. "$(dirname "$0")/../harness/router.sh"
+tmpdir_setup
+start_mosquitto || bail_out "mosquitto did not start"
+
+# burn(): about half a millisecond of Lua, a hundred times the cheap rule.
+cat >"$TEST_TMPDIR/light.lua" <<'LUA'
+function on_message(msg)
+	return msg
+end
+LUA
+cat >"$TEST_TMPDIR/heavy.lua" <<'LUA'
+local function burn()
+	local x = 0
+	for i = 1, 100000 do x = x + i end
+	return x
+end
+function on_message(msg)
+	-- readings 1 to 9 and 50 to 59 (and so on) of each device are dear
+	local r = msg:json()
+	if router.vars.always == "yes" or r.seq % 50 < 10 then burn() end
+	return msg
+end
+LUA
+
+# The threshold is set well above the cheap rule's cost even under
+# AddressSanitizer, and well below the dear one's.
+conf=$(router_config inline <<'CONF'
+router = { workers = 2; inline_max_us = 50; };
+inputs = ( {
+	name = "in"; plugin = "mqtt"; port = @MQTT_PORT@; client_id = "inline-auto";
+	topics = [ "light/#", "heavy/#", "mixed/#" ]; qos = 1;
+} );
+outputs = ( { name = "out"; plugin = "file"; path = "@DIR@/out.jsonl"; } );
+transforms = (
+	{ name = "light"; plugin = "lua"; script = "@DIR@/light.lua"; },
+	{ name = "heavy"; plugin = "lua"; script = "@DIR@/heavy.lua";
+	  instruction_budget = 10000000; vars = [ "always=yes" ]; },
+	{ name = "mixed"; plugin = "lua"; script = "@DIR@/heavy.lua";
+	  instruction_budget = 10000000; }
+);
+routes = (
+	{ match = "light/+site/+dev/+sensor"; topic = "light"; key = "${dev}";
+	  transforms = [ "light" ]; default_headers = false; },
+	{ match = "heavy/+site/+dev/+sensor"; topic = "heavy"; key = "${dev}";
+	  transforms = [ "heavy" ]; default_headers = false; },
+	{ match = "mixed/+site/+dev/+sensor"; topic = "mixed"; key = "${dev}";
+	  transforms = [ "mixed" ]; default_headers = false; }
+);
+CONF
+)
+router_start "$conf" || bail_out "router did not start"
+out=$TEST_TMPDIR/out.jsonl
+
+count_at_least() {
+	local want=$1
+	shift
+	[ "$("$@")" -ge "$want" ]
+}
+on_topic() { grep -c "\"topic\":\"$1\"" "$out" 2>/dev/null || echo 0; }
+# key<TAB>payload of the messages on a topic, for check_order
+tsv_of() {
+	grep "\"topic\":\"$1\"" "$out" |
+		sed -E 's/.*"key":"([^"]*)".*"payload":(\{.*\})\}$/\1\t\2/'
+}
+
+# 1. a cheap rule runs inline
+sim --devices 10 --count 2000 --rate 0 --qos 1 --topic 'light/{site}/{device}/{sensor}'
+wait_for 30 count_at_least 2000 on_topic light
+n_light=$(router_live_counter router.inline)
+assert_eq 2000 "$(on_topic light)" "cheap rule: 2000 messages delivered"
+assert_ge 1900 "${n_light:-0}" "cheap rule: nearly all of them ran on the input's thread (router.inline=${n_light:-?})"
+
+# 2. a dear rule goes to the workers
+sim --devices 10 --count 1000 --rate 0 --qos 1 --topic 'heavy/{site}/{device}/{sensor}'
+wait_for 60 count_at_least 1000 on_topic heavy
+n_heavy=$(( $(router_live_counter router.inline) - n_light ))
+assert_eq 1000 "$(on_topic heavy)" "dear rule: 1000 messages delivered"
+if [ "$n_heavy" -le 100 ]; then
+	ok "dear rule: the workers ran nearly all of them ($n_heavy of 1000 inline)"
+else
+	not_ok "dear rule: the workers ran nearly all of them" "$n_heavy of 1000 ran inline"
+fi
+
+# 3. a rule that is dear for one message in five moves between the two
+# (at a pace the workers keep up with: a backlog stays on the workers)
+sim --devices 10 --count 3000 --rate 2000 --qos 1 --topic 'mixed/{site}/{device}/{sensor}'
+wait_for 60 count_at_least 3000 on_topic mixed
+n_mixed=$(( $(router_live_counter router.inline) - n_light - n_heavy ))
+tsv_of mixed >"$TEST_TMPDIR/mixed.tsv"
+assert_eq 3000 "$(wc -l <"$TEST_TMPDIR/mixed.tsv")" "changing cost: 3000 messages delivered"
+assert_eq 3000 "$(cut -f2 "$TEST_TMPDIR/mixed.tsv" | jq -r '"\(.device) \(.seq)"' | sort -u | wc -l)" \
+	"each of them once"
+assert_cmd "each device's messages in order across the moves" check_order "$TEST_TMPDIR/mixed.tsv"
+if [ "$n_mixed" -ge 300 ] && [ "$n_mixed" -le 2700 ]; then
+	ok "both ran some: $n_mixed of 3000 inline, the rest on the workers"
+else
+	not_ok "both ran some" "$n_mixed of 3000 ran inline"
+fi
+
+router_stop
+assert_eq 0 "$ROUTER_RC" "SIGTERM stops the router cleanly"
+tap_done
