@@ -57,12 +57,12 @@ struct queue {
 	int lingering;
 	int may_linger;
 	/* Messages pushed and not yet finished by the worker (handed to their
-	 * output, or ended).  A route in this lane runs inline in auto mode
-	 * only once they are all finished, so that no message overtakes one
-	 * queued before it: its key's order holds.  An input's thread that
-	 * waits for that (lane_drain) counts in waiting_drain and sleeps on
-	 * `drained`. */
-	atomic_size_t pending;
+	 * output, or ended), per route (the last slot: messages without
+	 * one).  A route in this lane runs inline in auto mode only once its
+	 * messages here are all finished, so that none overtakes one queued
+	 * before it: its keys' order holds.  An input's thread that waits for
+	 * that (lane_drain) counts in waiting_drain and sleeps on `drained`. */
+	atomic_size_t *pending;
 	atomic_int waiting_drain;
 	pthread_cond_t drained;
 	_Atomic int64_t drain_retry_ms; /* no waiting before this (monotonic) */
@@ -192,11 +192,12 @@ static int cond_init_monotonic(pthread_cond_t *c)
 
 /* --- queues --------------------------------------------------------------- */
 
-static int queue_init(struct queue *q, size_t cap)
+static int queue_init(struct queue *q, size_t cap, size_t nroutes)
 {
 	memset(q, 0, sizeof(*q));
 	q->cap = cap;
-	atomic_init(&q->pending, 0);
+	if (!(q->pending = calloc(nroutes + 1, sizeof(*q->pending))))
+		return -1;
 	atomic_init(&q->waiting_drain, 0);
 	atomic_init(&q->drain_retry_ms, 0);
 	if (pthread_mutex_init(&q->lock, NULL) ||
@@ -219,6 +220,15 @@ static int queue_init(struct queue *q, size_t cap)
  *                    write-ahead log, which keeps the message anyway.
  */
 enum push_mode { PUSH_FORCE, PUSH_BLOCK, PUSH_TRY, PUSH_UNTIL_STOP };
+
+/* The count in q->pending of msg's route (which stays the same from the
+ * push until the worker is done with the message). */
+static atomic_size_t *pending_of(struct pipeline *p, struct queue *q,
+                                 const iotr_msg *msg)
+{
+	return &q->pending[msg->route ? (size_t)(msg->route - p->cfg->routes) :
+	                                p->cfg->nroutes];
+}
 
 static int queue_push(struct pipeline *p, struct queue *q, iotr_msg *msg,
                       enum push_mode mode)
@@ -245,7 +255,7 @@ static int queue_push(struct pipeline *p, struct queue *q, iotr_msg *msg,
 		q->head = msg;
 	q->tail = msg;
 	q->len++;
-	atomic_fetch_add(&q->pending, 1);
+	atomic_fetch_add(pending_of(p, q, msg), 1);
 	if (q->waiting_pop || (q->lingering && q->len >= WORKER_BATCH))
 		pthread_cond_signal(&q->not_empty);
 	pthread_mutex_unlock(&q->lock);
@@ -535,20 +545,21 @@ static void run_output(struct pipeline *p, iotr_msg *msg);
 static int run_transforms(struct worker *w, iotr_msg *msg);
 
 /* After a wait in lane_drain() that timed out (an output holding the
- * worker back, say), messages of the lane go to the worker without waiting
+ * worker back, say), messages of the lane's routes go to the worker without waiting
  * for this many times router.inline_drain_wait_us. */
 #define LANE_DRAIN_RETRY_FACTOR 50
 
 /*
- * Wait until worker w has finished every message it was given (its lane
- * is drained), for at most router.inline_drain_wait_us; 1 if it has.
- * Without this, a route that went to the workers for a while would stay
- * there as long as messages keep coming: each would find the one before
- * it still queued.
+ * Wait until worker w has finished every message of route r it was given,
+ * for at most router.inline_drain_wait_us; 1 if it has.  Without this, a
+ * route that went to the workers for a while would stay there as long as
+ * messages keep coming: each would find the one before it still queued.
  */
-static int lane_drain(struct pipeline *p, struct worker *w)
+static int lane_drain(struct pipeline *p, struct worker *w,
+                      const struct route *r)
 {
 	struct queue *q = &w->q;
+	atomic_size_t *pending = &q->pending[r - p->cfg->routes];
 	int64_t wait_us = p->cfg->inline_drain_wait_us;
 	struct timespec ts;
 	int drained;
@@ -560,7 +571,7 @@ static int lane_drain(struct pipeline *p, struct worker *w)
 	deadline_ts_us(&ts, wait_us);
 	pthread_mutex_lock(&q->lock);
 	atomic_fetch_add(&q->waiting_drain, 1);
-	while (atomic_load(&q->pending)) {
+	while (atomic_load(pending)) {
 		/* a worker lingering for a batch would not come sooner */
 		if (q->lingering || q->waiting_pop)
 			pthread_cond_signal(&q->not_empty);
@@ -569,7 +580,7 @@ static int lane_drain(struct pipeline *p, struct worker *w)
 			break;
 	}
 	atomic_fetch_sub(&q->waiting_drain, 1);
-	drained = atomic_load(&q->pending) == 0;
+	drained = atomic_load(pending) == 0;
 	pthread_mutex_unlock(&q->lock);
 	if (!drained)
 		atomic_store_explicit(&q->drain_retry_ms, monotonic_ms() +
@@ -582,25 +593,25 @@ static int lane_drain(struct pipeline *p, struct worker *w)
  * Whether the route of msg, which has transforms, runs on this thread now
  * (see route_choose_inline): always when router.inline_transforms is on;
  * in auto mode while its transforms cost under router.inline_max_us a
- * message, once the worker of the message's lane has finished all it has
- * of the lane (lane_drain).  Never from inside a transform call: a plugin
+ * message, once the worker of the message's lane (w) has finished all it
+ * has of the route (lane_drain).  Never from inside a transform call: a plugin
  * that is also an input and emits from process() would take a lane it
  * holds.
  */
-static int route_inline_now(struct pipeline *p, const iotr_msg *msg)
+static int route_inline_now(struct pipeline *p, const iotr_msg *msg,
+                            struct worker *w)
 {
 	const struct route *r = msg->route;
-	struct worker *w;
+	size_t i = (size_t)(r - p->cfg->routes);
 
 	if (current_ctx || r->inline_transforms == ROUTER_INLINE_OFF)
 		return 0;
 	if (r->inline_transforms == ROUTER_INLINE_ON)
 		return 1;
-	if (atomic_load_explicit(&p->route_cost_ns[r - p->cfg->routes],
-	                         memory_order_relaxed) >= p->inline_max_ns)
+	if (atomic_load_explicit(&p->route_cost_ns[i], memory_order_relaxed) >=
+	    p->inline_max_ns)
 		return 0;
-	w = worker_for(p, msg);
-	return atomic_load(&w->q.pending) == 0 || lane_drain(p, w);
+	return atomic_load(&w->q.pending[i]) == 0 || lane_drain(p, w, r);
 }
 
 /*
@@ -615,6 +626,7 @@ static int admit(struct pipeline *p, iotr_msg *msg, enum push_mode mode)
 	struct router_config *cfg = p->cfg;
 	size_t spans_small[32], *spans = spans_small;
 	const struct route *r;
+	struct worker *w;
 	size_t size = 0;
 	int rc = IOTR_OK, oversized = 0;
 
@@ -662,9 +674,10 @@ static int admit(struct pipeline *p, iotr_msg *msg, enum push_mode mode)
 		ingest_oversized(p, msg, size);
 		return IOTR_OK;
 	}
+	w = worker_for(p, msg);
 	if (mode == PUSH_BLOCK && cfg->direct_output &&
 	    (!msg->route || !msg->route->ntransforms ||
-	     route_inline_now(p, msg))) {
+	     route_inline_now(p, msg, w))) {
 		/* Run the route on this thread, saving a queue and a thread
 		 * switch per message: its transforms in the key's lane (see
 		 * struct worker), then the output.  Order holds per input
@@ -672,13 +685,13 @@ static int admit(struct pipeline *p, iotr_msg *msg, enum push_mode mode)
 		 * which is the backpressure we want. */
 		if (msg->route && msg->route->ntransforms) {
 			metrics_add(p->inline_runs, 1);
-			if (!run_transforms(worker_for(p, msg), msg))
+			if (!run_transforms(w, msg))
 				return IOTR_OK;
 		}
 		run_output(p, msg);
 		return IOTR_OK;
 	}
-	rc = queue_push(p, &worker_for(p, msg)->q, msg, mode);
+	rc = queue_push(p, &w->q, msg, mode);
 	if (rc == IOTR_OK)
 		return IOTR_OK;
 	if (mode == PUSH_TRY || mode == PUSH_UNTIL_STOP) {
@@ -987,9 +1000,24 @@ static void run_output(struct pipeline *p, iotr_msg *msg)
 		lose(p, msg, "the output could not take it");
 }
 
-/* One message in this many has its transforms timed, wherever they run,
- * for route_inline_now(); the first ones of a route always are. */
+/* About one message in this many has its transforms timed, wherever they
+ * run, for route_inline_now(); the first ones of a route always are.  The
+ * choice is random: a count per thread would keep meeting the same route
+ * where routes take turns (one device's readings on a, b, a, b, ...). */
 #define COST_SAMPLE 16
+
+/* A per-thread xorshift generator: cheap, and good enough to pick samples. */
+static int cost_sample_now(void)
+{
+	static _Thread_local uint32_t x;
+
+	if (!x)
+		x = (uint32_t)(uintptr_t)&x | 1;
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	return x % COST_SAMPLE == 0;
+}
 
 static int64_t monotonic_ns(void)
 {
@@ -1025,7 +1053,6 @@ static void cost_sample(struct pipeline *p, _Atomic int64_t *cost, int64_t ns)
  */
 static int run_transforms(struct worker *w, iotr_msg *msg)
 {
-	static _Thread_local unsigned sample_tick;
 	struct pipeline *p = w->p;
 	const struct route *r = msg->route;
 	struct iotr_instance *t = NULL;
@@ -1038,8 +1065,8 @@ static int run_transforms(struct worker *w, iotr_msg *msg)
 	pthread_mutex_lock(&w->lane_lock);
 	if (r->inline_transforms == ROUTER_INLINE_AUTO) {
 		cost = &p->route_cost_ns[r - p->cfg->routes];
-		if (sample_tick++ % COST_SAMPLE == 0 ||
-		    !atomic_load_explicit(cost, memory_order_relaxed))
+		if (!atomic_load_explicit(cost, memory_order_relaxed) ||
+		    cost_sample_now())
 			t0 = monotonic_ns();
 	}
 	while (rc == IOTR_OK && msg->stage < r->ntransforms) {
@@ -1099,7 +1126,7 @@ static void *worker_main(void *arg)
 
 	for (;;) {
 		iotr_msg *batch = queue_pop(p, &w->q, next_tick, WORKER_BATCH);
-		size_t done = 0;
+		int drained = 0;
 
 		if (!batch && atomic_load(&p->quit))
 			break;
@@ -1112,15 +1139,16 @@ static void *worker_main(void *arg)
 		while (batch) {
 			iotr_msg *msg = batch;
 
+			atomic_size_t *pending = pending_of(p, &w->q, msg);
+
 			batch = msg->next;
 			msg->next = NULL;
-			done++;
-			if (!msg->dead_letter && !run_transforms(w, msg))
-				continue;
-			run_output(p, msg);
+			if (msg->dead_letter || run_transforms(w, msg))
+				run_output(p, msg);
+			/* (msg may be gone: only its slot is used.) */
+			drained |= atomic_fetch_sub(pending, 1) == 1;
 		}
-		if (done && atomic_fetch_sub(&w->q.pending, done) == done &&
-		    atomic_load(&w->q.waiting_drain)) {
+		if (drained && atomic_load(&w->q.waiting_drain)) {
 			/* (See lane_drain: the waiter counted itself before it
 			 * read `pending`, so one of the two sees the other.) */
 			pthread_mutex_lock(&w->q.lock);
@@ -1367,7 +1395,10 @@ struct pipeline *pipeline_new(struct router_config *cfg)
 		p->workers[i].p = p;
 		p->workers[i].index = i;
 		if (pthread_mutex_init(&p->workers[i].lane_lock, NULL) ||
-		    queue_init(&p->workers[i].q, (size_t)cfg->queue_size)) {
+		    queue_init(&p->workers[i].q, (size_t)cfg->queue_size,
+		               cfg->nroutes)) {
+			for (i = 0; i < p->nworkers; i++)   /* calloc'd */
+				free(p->workers[i].q.pending);
 			free(p->route_cost_ns);
 			free(p->workers);
 			free(p);
@@ -1532,6 +1563,8 @@ void pipeline_free(struct pipeline *p)
 		pthread_mutex_destroy(&p->wal_lock);
 		pthread_cond_destroy(&p->wal_cond);
 	}
+	for (i = 0; i < p->nworkers; i++)
+		free(p->workers[i].q.pending);
 	free(p->record.data);
 	free(p->route_cost_ns);
 	free(p->workers);

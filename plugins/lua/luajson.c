@@ -33,12 +33,16 @@
  * The decoder goes from the text straight to Lua values.  jansson's
  * json_loadb() built a tree first, with an allocation per value, only for
  * it to be copied into tables and freed, and that was most of what
- * msg:json() cost.  It accepts exactly what json_loadb(JSON_DECODE_ANY |
+ * msg:json() cost.  It accepts what json_loadb(JSON_DECODE_ANY |
  * JSON_ALLOW_NUL) accepts: RFC 8259 with UTF-8 checked, \u0000 in strings
  * but not in object keys, integers that fit in 64 bits, reals that do not
  * overflow, and values at most JSON_DEPTH deep; the unit test and the
- * fuzz target "luajson" hold it to that.  Nothing is allocated outside
- * Lua, so a memory error raised by Lua strands nothing.
+ * fuzz target "luajson" hold it to that.  (Except "1\0": json_loadb()
+ * skips a NUL byte that ends a number or a word, and this refuses it, as
+ * it does every raw NUL.)  Nothing is allocated outside Lua, so a memory
+ * error raised by Lua strands nothing.  The text must not change while it
+ * is decoded, though Lua code (a finalizer) may run: callers pass a Lua
+ * string they hold.
  */
 
 /* jansson's JSON_PARSER_MAX_DEPTH: a value inside this many containers is

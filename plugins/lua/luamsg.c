@@ -524,7 +524,13 @@ static int msg_json(lua_State *L)
 		return 2;
 	}
 	payload = host_of(box)->msg_payload(m, &len);
-	n = luajson_push_decoded(L, payload ? payload : "", len);
+	/* Decoded from a Lua copy: the decoder allocates, a garbage
+	 * collection step may run a finalizer, and a finalizer holding msg
+	 * may set msg.payload, which frees the buffer being read. */
+	lua_pushlstring(L, payload ? payload : "", len);
+	payload = lua_tostring(L, -1);
+	n = luajson_push_decoded(L, payload, len);
+	lua_remove(L, -1 - n);
 	if (n == 1) {
 		lua_pushvalue(L, -1);
 		lua_setiuservalue(L, 1, UV_JSON);

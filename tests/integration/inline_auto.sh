@@ -77,12 +77,13 @@ n_light=$(router_live_counter router.inline)
 assert_eq 2000 "$(on_topic light)" "cheap rule: 2000 messages delivered"
 assert_ge 1900 "${n_light:-0}" "cheap rule: nearly all of them ran on the input's thread (router.inline=${n_light:-?})"
 
-# 2. a dear rule goes to the workers
+# 2. a dear rule goes to the workers, once a few samples (one message in
+# 16, at random) have shown it dear: the first dozens run inline
 sim --devices 10 --count 1000 --rate 0 --qos 1 --topic 'heavy/{site}/{device}/{sensor}'
 wait_for 60 count_at_least 1000 on_topic heavy
 n_heavy=$(( $(router_live_counter router.inline) - n_light ))
 assert_eq 1000 "$(on_topic heavy)" "dear rule: 1000 messages delivered"
-if [ "$n_heavy" -le 100 ]; then
+if [ "$n_heavy" -le 200 ]; then
 	ok "dear rule: the workers ran nearly all of them ($n_heavy of 1000 inline)"
 else
 	not_ok "dear rule: the workers ran nearly all of them" "$n_heavy of 1000 ran inline"

@@ -74,6 +74,36 @@ assert_eq 3 "$rc" "test-script exits 3 when the rule cannot be loaded"
 assert_match "cannot read .*nonexistent.lua: No such file" "$(cat "$TEST_TMPDIR/ts/err")" \
 	"and says why"
 
+# msg:json() decodes the payload as it was when called, even when Lua code
+# run by a garbage collection during the decoding (a finalizer) changes it.
+cat >"$TEST_TMPDIR/ts/gc.lua" <<'EOF'
+local decoding, changed = false, false
+function on_message(msg)
+	-- a payload of its own buffer, which setting msg.payload frees
+	msg.payload = msg.payload .. " "
+	for i = 1, 2000 do
+		setmetatable({}, { __gc = function()
+			if decoding then
+				msg.payload = '{"late":1}'
+				changed = true
+			end
+		end })
+	end
+	decoding = true
+	local j = msg:json()
+	decoding = false
+	msg.headers.n = tostring(#j.xs)
+	msg.headers.last = tostring(j.xs[#j.xs].v)
+	msg.headers.changed = tostring(changed)
+	return msg
+end
+EOF
+items=$(seq 1 3000 | sed 's/.*/{"v":&}/' | paste -sd, -)
+printf '{"topic":"t","payload":{"xs":[%s]}}\n' "$items" >"$TEST_TMPDIR/ts/gc.jsonl"
+out=$(test_script "$TEST_TMPDIR/ts/gc.lua" <"$TEST_TMPDIR/ts/gc.jsonl" 2>"$TEST_TMPDIR/ts/err")
+assert_match '"result":"produced".*"headers":\{"n":"3000","last":"3000","changed":"true"\}' "${out:0:300}" \
+	"msg:json() decodes the payload it was called on while finalizers change msg.payload"
+
 # --- 2. the same samples through the router ---------------------------------
 
 start_mosquitto || bail_out "mosquitto did not start"
