@@ -1126,7 +1126,6 @@ static void *worker_main(void *arg)
 
 	for (;;) {
 		iotr_msg *batch = queue_pop(p, &w->q, next_tick, WORKER_BATCH);
-		int drained = 0;
 
 		if (!batch && atomic_load(&p->quit))
 			break;
@@ -1138,22 +1137,21 @@ static void *worker_main(void *arg)
 		}
 		while (batch) {
 			iotr_msg *msg = batch;
-
 			atomic_size_t *pending = pending_of(p, &w->q, msg);
 
 			batch = msg->next;
 			msg->next = NULL;
 			if (msg->dead_letter || run_transforms(w, msg))
 				run_output(p, msg);
-			/* (msg may be gone: only its slot is used.) */
-			drained |= atomic_fetch_sub(pending, 1) == 1;
-		}
-		if (drained && atomic_load(&w->q.waiting_drain)) {
-			/* (See lane_drain: the waiter counted itself before it
-			 * read `pending`, so one of the two sees the other.) */
-			pthread_mutex_lock(&w->q.lock);
-			pthread_cond_broadcast(&w->q.drained);
-			pthread_mutex_unlock(&w->q.lock);
+			/* (msg may be gone: only its route's count is used.)
+			 * See lane_drain: the waiter counted itself before it
+			 * read the count, so one of the two sees the other. */
+			if (atomic_fetch_sub(pending, 1) == 1 &&
+			    atomic_load(&w->q.waiting_drain)) {
+				pthread_mutex_lock(&w->q.lock);
+				pthread_cond_broadcast(&w->q.drained);
+				pthread_mutex_unlock(&w->q.lock);
+			}
 		}
 	}
 	return NULL;
