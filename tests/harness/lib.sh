@@ -17,7 +17,7 @@
 #            diag_file, assert_eq, assert_ne, assert_ge, assert_match,
 #            assert_cmd, assert_fails
 # Setup:     tmpdir_setup, register_pid, register_cleanup, stop_pid, wait_for,
-#            free_port, unique_name
+#            count_at_least, free_port, unique_name
 # MQTT:      start_mosquitto, stop_mosquitto, restart_mosquitto, kill_mosquitto,
 #            mqtt_pub, mqtt_sub
 # Kafka:     kafka_bootstrap, kafka_available, start_kafka, stop_kafka,
@@ -281,6 +281,14 @@ wait_for() {
 		[ "$(($(date +%s%N) / 1000000))" -lt "$end" ] || return 1
 		sleep 0.1
 	done
+}
+
+# count_at_least N CMD [ARGS...]: CMD prints a number that is N or more;
+# for wait_for, which runs it again each time.
+count_at_least() {
+	local want=$1
+	shift
+	[ "$("$@")" -ge "$want" ]
 }
 
 # free_port: a TCP port on 127.0.0.1 that nothing uses now, below the kernel's

@@ -58,11 +58,6 @@ CONF
 router_start "$conf" || bail_out "router did not start"
 out=$TEST_TMPDIR/out.jsonl
 
-count_at_least() {
-	local want=$1
-	shift
-	[ "$("$@")" -ge "$want" ]
-}
 on_topic() { grep -c "\"topic\":\"$1\"" "$out" 2>/dev/null || echo 0; }
 # key<TAB>payload of the messages on a topic, for check_order
 tsv_of() {

@@ -169,13 +169,6 @@ produced_by() {
 		[.topic, .key, .payload]' "$out" | sort
 }
 
-# count_at_least N CMD...: CMD prints a number that is N or more (for
-# wait_for, which runs it again each time).
-count_at_least() {
-	local want=$1
-	shift
-	[ "$("$@")" -ge "$want" ]
-}
 lines() { wc -l <"$out" 2>/dev/null || echo 0; }
 n_produced_by() { produced_by "$1" | wc -l; }
 stats_are() { [ "$(stats "$1" "$2")" = "$3" ]; }

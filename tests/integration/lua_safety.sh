@@ -56,13 +56,6 @@ CONF
 router_start "$conf" || bail_out "router did not start"
 out=$TEST_TMPDIR/out.jsonl
 
-# count_at_least N CMD...: CMD's output (a number) is N or more; for
-# wait_for, which runs it again each time.
-count_at_least() {
-	local want=$1
-	shift
-	[ "$("$@")" -ge "$want" ]
-}
 lines() { wc -l <"$out" 2>/dev/null || echo 0; }
 sim_lines() { grep -c '"key":"dev-0' "$out"; }
 
