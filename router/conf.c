@@ -173,21 +173,20 @@ static int get_bool(struct reader *rd, const config_setting_t *s,
 /* router.inline_transforms: true, false or "auto". */
 static int get_inline(struct reader *rd, const config_setting_t *s, int *out)
 {
-	const char *str;
+	const char *str = config_setting_get_string(s);   /* NULL if none */
 
 	if (config_setting_type(s) == CONFIG_TYPE_BOOL) {
 		*out = config_setting_get_bool(s) ? ROUTER_INLINE_ON :
 		                                    ROUTER_INLINE_OFF;
 		return 0;
 	}
-	if (config_setting_type(s) == CONFIG_TYPE_STRING &&
-	    (str = config_setting_get_string(s)) && strcmp(str, "auto") == 0) {
+	if (str && strcmp(str, "auto") == 0) {
 		*out = ROUTER_INLINE_AUTO;
 		return 0;
 	}
-	if (config_setting_type(s) == CONFIG_TYPE_STRING)
+	if (str)
 		ERR(rd, s, "router.inline_transforms must be true, false or "
-		    "\"auto\", not \"%s\"", config_setting_get_string(s));
+		    "\"auto\", not \"%s\"", str);
 	else
 		ERR(rd, s, "router.inline_transforms must be true, false or "
 		    "\"auto\", not %s", setting_type_name(s));

@@ -31,8 +31,8 @@ enum router_inline {
 	ROUTER_INLINE_OFF = 0,  /* on the workers */
 	ROUTER_INLINE_ON = 1,   /* on the input's thread */
 	ROUTER_INLINE_AUTO = 2  /* on the input's thread while they are cheap
-	                           (router.inline_max_us) and the lane's worker
-	                           has nothing of it */
+	                           (router.inline_max_us), once the lane's
+	                           worker has finished the route's messages */
 };
 
 struct router_config {

@@ -148,12 +148,17 @@ struct wal_share {
 
 static _Thread_local struct emit_ctx *current_ctx;
 
-int64_t monotonic_ms(void)
+static int64_t monotonic_ns(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t monotonic_ms(void)
+{
+	return monotonic_ns() / 1000000;
 }
 
 static void deadline_ts(struct timespec *ts, int64_t ms_from_now)
@@ -545,7 +550,7 @@ static void run_output(struct pipeline *p, iotr_msg *msg);
 static int run_transforms(struct worker *w, iotr_msg *msg);
 
 /* After a wait in lane_drain() that timed out (an output holding the
- * worker back, say), messages of the lane's routes go to the worker without waiting
+ * worker back, say), the lane's messages go to its worker without waiting
  * for this many times router.inline_drain_wait_us. */
 #define LANE_DRAIN_RETRY_FACTOR 50
 
@@ -594,9 +599,9 @@ static int lane_drain(struct pipeline *p, struct worker *w,
  * (see route_choose_inline): always when router.inline_transforms is on;
  * in auto mode while its transforms cost under router.inline_max_us a
  * message, once the worker of the message's lane (w) has finished all it
- * has of the route (lane_drain).  Never from inside a transform call: a plugin
- * that is also an input and emits from process() would take a lane it
- * holds.
+ * has of the route (lane_drain).  Never from inside a transform call: a
+ * plugin that is also an input and emits from process() would take a
+ * lane it holds.
  */
 static int route_inline_now(struct pipeline *p, const iotr_msg *msg,
                             struct worker *w)
@@ -1017,14 +1022,6 @@ static int cost_sample_now(void)
 	x ^= x >> 17;
 	x ^= x << 5;
 	return x % COST_SAMPLE == 0;
-}
-
-static int64_t monotonic_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 /* Fold a sample into a route's cost: a moving average over about eight

@@ -4,6 +4,7 @@
  * format in parallel, and only the plugins' writes are serialised.
  */
 #include "jsonline.h"
+#include "utf8.h"
 
 #include <jansson.h>
 #include <stdint.h>
@@ -52,46 +53,12 @@ int jsonline_parse_format(const char *text,
  */
 static int jsonline_is_text(const unsigned char *s, size_t len)
 {
-	size_t i = 0;
+	size_t i = 0, n;
 
 	while (i < len) {
-		unsigned c = s[i];
-		unsigned lo = 0x80, hi = 0xBF; /* range of the second byte */
-		size_t more;
-
-		if (c == 0)
+		if (s[i] == 0 || !(n = utf8_char_length(s + i, len - i)))
 			return 0;
-		if (c < 0x80) {
-			i++;
-			continue;
-		}
-		if (c >= 0xC2 && c <= 0xDF) {
-			more = 1;
-		} else if (c == 0xE0) {
-			more = 2;
-			lo = 0xA0;
-		} else if (c == 0xED) {
-			more = 2;
-			hi = 0x9F;
-		} else if (c >= 0xE1 && c <= 0xEF) {
-			more = 2;
-		} else if (c == 0xF0) {
-			more = 3;
-			lo = 0x90;
-		} else if (c >= 0xF1 && c <= 0xF3) {
-			more = 3;
-		} else if (c == 0xF4) {
-			more = 3;
-			hi = 0x8F;
-		} else {
-			return 0;
-		}
-		if (len - i - 1 < more || s[i + 1] < lo || s[i + 1] > hi)
-			return 0;
-		for (size_t k = 2; k <= more; k++)
-			if ((s[i + k] & 0xC0) != 0x80)
-				return 0;
-		i += more + 1;
+		i += n;
 	}
 	return 1;
 }

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "luarule.h"
+#include "utf8.h"
 
 /* Deeper than this is refused: a table that contains itself would never
  * end, and the C stack is finite. */
@@ -99,37 +100,6 @@ static void dec_skip_space(struct json_dec *d)
 	while (d->p < d->end && (*d->p == ' ' || *d->p == '\n' ||
 	                         *d->p == '\r' || *d->p == '\t'))
 		d->p++;
-}
-
-/* The length of the well-formed UTF-8 sequence of 2 to 4 bytes at p (no
- * overlong form, no surrogate, nothing past U+10FFFF), or 0. */
-static size_t dec_utf8_length(const unsigned char *p, const unsigned char *end)
-{
-	unsigned char lo = 0x80, hi = 0xbf;
-	size_t n, i;
-
-	if (*p >= 0xc2 && *p <= 0xdf)
-		n = 2;
-	else if (*p >= 0xe0 && *p <= 0xef) {
-		n = 3;
-		if (*p == 0xe0)
-			lo = 0xa0;
-		else if (*p == 0xed)
-			hi = 0x9f;
-	} else if (*p >= 0xf0 && *p <= 0xf4) {
-		n = 4;
-		if (*p == 0xf0)
-			lo = 0x90;
-		else if (*p == 0xf4)
-			hi = 0x8f;
-	} else
-		return 0;
-	if ((size_t)(end - p) < n || p[1] < lo || p[1] > hi)
-		return 0;
-	for (i = 2; i < n; i++)
-		if (p[i] < 0x80 || p[i] > 0xbf)
-			return 0;
-	return n;
 }
 
 static int dec_hex4(const unsigned char *p, const unsigned char *end)
@@ -248,9 +218,7 @@ static int dec_string(struct json_dec *d, int is_key)
 		} else if (*q < 0x20) {
 			return dec_fail(d, q, "control character 0x%02x in a "
 			                "string (write it as \\u%04x)", *q, *q);
-		} else if (*q < 0x80) {
-			q++;
-		} else if ((n = dec_utf8_length(q, end)) != 0) {
+		} else if ((n = utf8_char_length(q, (size_t)(end - q))) != 0) {
 			q += n;
 		} else {
 			return dec_fail(d, q, "invalid UTF-8 (byte 0x%02x)", *q);

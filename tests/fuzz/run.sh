@@ -61,7 +61,7 @@ config)
 luajson)
 	# The lua plugin's JSON decoder against jansson's (Lua 5.4 too).
 	src="tests/fuzz/fuzz_luajson.c tests/unit/luajson_oracle.c plugins/lua/luajson.c"
-	flags="$flags -Iplugins/lua -Itests/unit $(pkg-config --cflags lua5.4)"
+	flags="$flags -Iplugins/lua -Iplugins/common -Itests/unit $(pkg-config --cflags lua5.4)"
 	libs="$libs $(pkg-config --libs lua5.4) -lm"
 	cat > "$out/dict" <<'DICT'
 "\\u"

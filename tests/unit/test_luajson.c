@@ -250,8 +250,9 @@ static const char *const corpus[] = {
 	"{\"device\":\"dev-0001\",\"site\":\"site-1\",\"sensor\":\"temperature\","
 	"\"value\":21.53,\"unit\":\"C\",\"seq\":1234,\"ts\":1700000000000000}",
 	"[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20]",
-	"{\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\\txxxxxxxxxxxxxxxx"
-	"\xc3\xa9xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}",
+	/* a padded reading: long runs checked a word at a time */
+	"{\"pad\":\"0123456789abcdefghijklmnopqrstuvwxyz0123\\t0123456789abcdef"
+	"\xc3\xa9ghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstu\"}",
 	"{\"k1\":1,\"k2\":2,\"k3\":3,\"k4\":4,\"k5\":5,\"k6\":6,\"k7\":7,\"k8\":8,"
 	"\"k9\":9,\"k10\":10,\"k11\":11,\"k12\":12,\"k13\":13,\"k14\":14,"
 	"\"k15\":15,\"k16\":16,\"k17\":17,\"k1\":-1}",
