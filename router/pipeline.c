@@ -99,7 +99,7 @@ struct pipeline {
 
 	iotr_counter *received, *unmatched, *delivered, *dropped,
 		*dead_lettered, *lost, *oversized, *retried, *deferred,
-		*inline_runs;
+		*inline_runs, *inline_drain_timeouts;
 	/* Each route's transforms' time a message (ns, a moving average of
 	 * samples; 0: not measured yet), for ROUTER_INLINE_AUTO. */
 	_Atomic int64_t *route_cost_ns;
@@ -587,10 +587,12 @@ static int lane_drain(struct pipeline *p, struct worker *w,
 	atomic_fetch_sub(&q->waiting_drain, 1);
 	drained = atomic_load(pending) == 0;
 	pthread_mutex_unlock(&q->lock);
-	if (!drained)
+	if (!drained) {
+		metrics_add(p->inline_drain_timeouts, 1);
 		atomic_store_explicit(&q->drain_retry_ms, monotonic_ms() +
 		                      wait_us * LANE_DRAIN_RETRY_FACTOR / 1000,
 		                      memory_order_relaxed);
+	}
 	return drained;
 }
 
@@ -1423,6 +1425,7 @@ struct pipeline *pipeline_new(struct router_config *cfg)
 	p->lost = metrics_counter("router.lost");
 	p->deferred = metrics_counter("router.deferred");
 	p->inline_runs = metrics_counter("router.inline");
+	p->inline_drain_timeouts = metrics_counter("router.inline_drain_timeouts");
 	if (cfg->wal_dir && pipeline_open_wal(p)) {
 		pipeline_free(p);
 		return NULL;

@@ -102,4 +102,55 @@ fi
 
 router_stop
 assert_eq 0 "$ROUTER_RC" "SIGTERM stops the router cleanly"
+
+# 4. a wait for the worker that runs out.  One reading in ten costs 5 ms,
+# the rest almost nothing: the route's average stays under inline_max_us
+# but now and then goes over it for a few messages, which then queue for
+# the worker, 5 ms ones among them.  When the route comes back inline, the
+# input waits inline_drain_wait_us (100 us) for them, gives up while the
+# worker is on a dear one, counts router.inline_drain_timeouts and sends
+# the lane's messages to the worker for 5 ms (50 times the wait) before
+# it tries again.  Delivery and order hold all the same.
+cat >"$TEST_TMPDIR/spiky.lua" <<'LUA'
+function on_message(msg)
+	local r = msg:json()
+	if r.seq % 10 == 0 then
+		local x = 0
+		for i = 1, 1000000 do x = x + i end
+	end
+	return msg
+end
+LUA
+conf=$(router_config drain <<'CONF'
+router = { workers = 1; inline_max_us = 100; inline_drain_wait_us = 100; };
+inputs = ( {
+	name = "in"; plugin = "mqtt"; port = @MQTT_PORT@; client_id = "inline-drain";
+	topics = [ "drain/#" ]; qos = 1;
+} );
+outputs = ( { name = "out"; plugin = "file"; path = "@DIR@/drain.jsonl"; } );
+transforms = ( { name = "spiky"; plugin = "lua"; script = "@DIR@/spiky.lua";
+                 instruction_budget = 50000000; } );
+routes = ( { match = "drain/+site/+dev/+sensor"; topic = "drain"; key = "${dev}";
+             transforms = [ "spiky" ]; default_headers = false; } );
+CONF
+)
+router_start "$conf" || bail_out "router did not start"
+out=$TEST_TMPDIR/drain.jsonl
+sim --devices 10 --count 3000 --rate 2000 --qos 1 --topic 'drain/{site}/{device}/{sensor}'
+wait_for 60 count_at_least 3000 on_topic drain
+router_stop
+assert_eq 0 "$ROUTER_RC" "the second router stops cleanly"
+n_timeouts=$(router_counter router.inline_drain_timeouts)
+n_inline=$(router_counter router.inline)
+tsv_of drain >"$TEST_TMPDIR/drain.tsv"
+assert_eq 3000 "$(wc -l <"$TEST_TMPDIR/drain.tsv")" "short drain wait: 3000 messages delivered"
+assert_eq 3000 "$(cut -f2 "$TEST_TMPDIR/drain.tsv" | jq -r '"\(.device) \(.seq)"' | sort -u | wc -l)" \
+	"each of them once"
+assert_cmd "each device's messages in order" check_order "$TEST_TMPDIR/drain.tsv"
+assert_ge 1 "${n_timeouts:-0}" "waits that ran out are counted (router.inline_drain_timeouts=${n_timeouts:-?})"
+if [ "${n_inline:-0}" -ge 1 ] && [ "${n_inline:-0}" -lt 3000 ]; then
+	ok "the route still ran inline between them ($n_inline of 3000)"
+else
+	not_ok "the route still ran inline between them" "router.inline=${n_inline:-?} of 3000"
+fi
 tap_done
