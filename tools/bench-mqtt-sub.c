@@ -1,6 +1,8 @@
 /*
  * bench-mqtt-sub - the bare broker path of scripts/bench: an MQTT subscriber
  * that does nothing with a message but count it and note how old it is.
+ * Built with BENCH_BRIDGE it is bench-mqtt-bridge, the bare bridge of
+ * scripts/bench (see below).
  *
  * It shows what the broker and libmosquitto alone can deliver to one client
  * on this machine, the limit iotrouter's MQTT input is measured against.  The
@@ -22,6 +24,19 @@
  * over the messages that carried a "ts" or "t"; complete=1 when the
  * expected count arrived.  Warm-up messages (--warm-marker) are not
  * counted at all.
+ *
+ * bench-mqtt-bridge: the same client, which instead of counting a message
+ * produces it to Kafka with librdkafka and the kafka output's defaults,
+ * the least any MQTT-to-Kafka bridge built on these two libraries does:
+ * no routing, no templates, no rules, no queue, no second thread of its
+ * own.  The record's topic is the message topic's first BRIDGE_LEVELS
+ * levels joined with '.', its key the next level (the mapping of
+ * scripts/bench's route: bench/RUN/SITE/DEVICE/... -> bench.RUN.SITE, key
+ * DEVICE); a topic with fewer levels is skipped and counted.  Delivery
+ * reports are served on the loop's thread every BRIDGE_POLL_EVERY
+ * messages, as the kafka output serves them.  It runs until SIGTERM or
+ * --timeout, then flushes (at most BRIDGE_FLUSH_MS) and prints
+ *   forwarded=N delivered=D failed=F skipped=K cpu_s=U maxrss_kb=M
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -43,10 +58,22 @@
 
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
+#ifdef BENCH_BRIDGE
+#include <librdkafka/rdkafka.h>
+#endif
 
 #include "bench-common.h"
 
+#ifdef BENCH_BRIDGE
+#define SUB_NAME "bench-mqtt-bridge"
+#define BRIDGE_LEVELS		3	/* topic levels that name the record's topic */
+#define BRIDGE_POLL_EVERY	32	/* KAFKA_OUT_SERVE_EVERY of the kafka output */
+#define BRIDGE_FULL_WAIT_MS	10	/* queue_full_retry_ms of the kafka output */
+#define BRIDGE_FLUSH_MS		30000
+#define BRIDGE_MAX_TOPIC	256
+#else
 #define SUB_NAME "bench-mqtt-sub"
+#endif
 
 #define SUB_MAX_TOPICS		16
 #define SUB_LOOP_MS		100	/* longest wait in one round of the loop */
@@ -64,6 +91,7 @@ struct sub_opts {
 	int qos;
 	int protocol;
 	int receive_maximum;
+	const char *brokers;		/* bench-mqtt-bridge: bootstrap servers */
 	struct bench_tally_opts tally;
 };
 
@@ -76,16 +104,33 @@ struct sub {
 	int connack;			/* -1 until CONNACK */
 	unsigned long messages;		/* on_message calls, warm-up included */
 	struct bench_tally tally;
+#ifdef BENCH_BRIDGE
+	rd_kafka_t *rk;
+	rd_kafka_topic_t *rkt;		/* the topic of the last record */
+	char rkt_name[BRIDGE_MAX_TOPIC];
+	uint64_t forwarded, delivered, failed, skipped;
+	rd_kafka_resp_err_t first_err;
+#endif
 };
 
 static void sub_usage(FILE *f)
 {
 	fprintf(f,
+#ifdef BENCH_BRIDGE
+"Usage: " SUB_NAME " -t FILTER -b BROKERS [OPTION]...\n"
+"Subscribe and produce every message to Kafka (topic: the first %d topic\n"
+"levels joined with '.', key: the next level) until SIGTERM or --timeout,\n"
+"then flush and print one line of counts.  Of the counting options below,\n"
+"only --ready-file and --timeout apply.\n"
+"\n"
+"  -b, --brokers LIST       Kafka bootstrap servers\n"
+#else
 "Usage: " SUB_NAME " -t FILTER [OPTION]...\n"
 "Subscribe, count messages and measure their age from the payload's \"ts\"\n"
 "field, or \"t\" (microseconds since the epoch), then print one line of\n"
 "results.\n"
 "\n"
+#endif
 "  -h, --host HOST          broker address (default 127.0.0.1)\n"
 "  -p, --port PORT          broker port (default 1883)\n"
 "  -i, --id ID              client id (default " SUB_NAME "-PID)\n"
@@ -106,6 +151,9 @@ static void sub_usage(FILE *f)
 "      --samples-file FILE  write each message's age in microseconds to\n"
 "                           FILE, one a line, in arrival order\n"
 "      --help               print this help\n",
+#ifdef BENCH_BRIDGE
+		BRIDGE_LEVELS,
+#endif
 		SUB_MAX_TOPICS, BENCH_SAMPLES_DEFAULT);
 }
 
@@ -140,6 +188,9 @@ static void sub_parse_args(struct sub_opts *o, int argc, char **argv)
 		{ "qos", 'q', .i = &o->qos, .min = 0, .max = 2 },
 		{ "protocol", 0, .take = sub_take_protocol, .ctx = o },
 		{ "receive-maximum", 0, .i = &o->receive_maximum, .min = 1, .max = 65535 },
+#ifdef BENCH_BRIDGE
+		{ "brokers", 'b', .text = &o->brokers },
+#endif
 		{ .name = NULL }
 	};
 
@@ -152,7 +203,145 @@ static void sub_parse_args(struct sub_opts *o, int argc, char **argv)
 			    sub_usage);
 	if (o->ntopics == 0)
 		bench_die_usage("%s", "give at least one --topic");
+#ifdef BENCH_BRIDGE
+	if (!o->brokers)
+		bench_die_usage("%s", "give the Kafka bootstrap servers (--brokers)");
+#endif
 }
+
+#ifdef BENCH_BRIDGE
+static void bridge_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+	struct sub *s = opaque;
+
+	(void)rk;
+	if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+		s->delivered++;
+		return;
+	}
+	if (!s->failed++)
+		s->first_err = m->err;
+}
+
+static void bridge_log_cb(const rd_kafka_t *rk, int level, const char *fac,
+			  const char *buf)
+{
+	(void)rk;
+	if (level <= 4)
+		fprintf(stderr, SUB_NAME ": librdkafka %s: %s\n", fac, buf);
+}
+
+/* The producer, with the kafka output's defaults (plugins/kafka/kafka.c). */
+static int bridge_start(struct sub *s)
+{
+	static const char *const defaults[][2] = {
+		{ "acks", "all" },
+		{ "enable.idempotence", "true" },
+		{ "message.timeout.ms", "0" },
+		{ "linger.ms", "2" },
+		{ "client.id", SUB_NAME },
+	};
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	char errstr[512];
+
+	for (size_t i = 0; i < sizeof(defaults) / sizeof(*defaults); i++)
+		rd_kafka_conf_set(conf, defaults[i][0], defaults[i][1], NULL, 0);
+	if (rd_kafka_conf_set(conf, "bootstrap.servers", s->opt.brokers, errstr,
+			      sizeof(errstr)) != RD_KAFKA_CONF_OK) {
+		fprintf(stderr, SUB_NAME ": --brokers %s: %s\n", s->opt.brokers, errstr);
+		rd_kafka_conf_destroy(conf);
+		return -1;
+	}
+	rd_kafka_conf_set_opaque(conf, s);
+	rd_kafka_conf_set_dr_msg_cb(conf, bridge_dr_cb);
+	rd_kafka_conf_set_log_cb(conf, bridge_log_cb);
+	s->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+	if (!s->rk) {
+		fprintf(stderr, SUB_NAME ": cannot create the producer: %s\n", errstr);
+		rd_kafka_conf_destroy(conf);
+		return -1;
+	}
+	return 0;
+}
+
+/* The handle of the record topic @name (@len bytes), kept while the topic
+ * stays the same. */
+static rd_kafka_topic_t *bridge_topic(struct sub *s, const char *name, size_t len)
+{
+	if (s->rkt && strlen(s->rkt_name) == len && !memcmp(s->rkt_name, name, len))
+		return s->rkt;
+	if (s->rkt)
+		rd_kafka_topic_destroy(s->rkt);
+	memcpy(s->rkt_name, name, len);
+	s->rkt_name[len] = '\0';
+	s->rkt = rd_kafka_topic_new(s->rk, s->rkt_name, NULL);
+	return s->rkt;
+}
+
+/* Produce one message: bench/RUN/SITE/DEVICE/... -> bench.RUN.SITE, key
+ * DEVICE.  A full librdkafka queue is waited out, as the kafka output
+ * does; nothing is dropped while the bridge runs. */
+static void bridge_forward(struct sub *s, const struct mosquitto_message *mm)
+{
+	char name[BRIDGE_MAX_TOPIC];
+	const char *key, *end;
+	rd_kafka_topic_t *rkt;
+	size_t len = 0;
+	int level = 0;
+
+	for (key = mm->topic; *key && level < BRIDGE_LEVELS; key++)
+		if (*key == '/')
+			level++;
+	len = (size_t)(key - mm->topic) - 1;
+	if (level < BRIDGE_LEVELS || len >= sizeof(name)) {
+		s->skipped++;
+		return;
+	}
+	for (size_t i = 0; i < len; i++)
+		name[i] = mm->topic[i] == '/' ? '.' : mm->topic[i];
+	end = strchr(key, '/');
+	if (!end)
+		end = key + strlen(key);
+	if (!(rkt = bridge_topic(s, name, len))) {
+		s->skipped++;
+		return;
+	}
+	while (rd_kafka_produce(rkt, RD_KAFKA_PARTITION_UA, RD_KAFKA_MSG_F_COPY,
+				mm->payload, (size_t)mm->payloadlen, key,
+				(size_t)(end - key), NULL) != 0) {
+		if (rd_kafka_last_error() != RD_KAFKA_RESP_ERR__QUEUE_FULL ||
+		    bench_stop) {
+			if (!s->failed++)
+				s->first_err = rd_kafka_last_error();
+			return;
+		}
+		rd_kafka_poll(s->rk, BRIDGE_FULL_WAIT_MS);
+	}
+	if (++s->forwarded % BRIDGE_POLL_EVERY == 0)
+		rd_kafka_poll(s->rk, 0);
+}
+
+/* Flush what is left and print the counts. */
+static void bridge_finish(struct sub *s)
+{
+	long maxrss_kb = 0;
+	double cpu_s;
+
+	if (s->rk)
+		rd_kafka_flush(s->rk, BRIDGE_FLUSH_MS);
+	cpu_s = bench_cpu_s(&maxrss_kb);
+	printf("forwarded=%" PRIu64 " delivered=%" PRIu64 " failed=%" PRIu64
+	       " skipped=%" PRIu64 " cpu_s=%.3f maxrss_kb=%ld\n", s->forwarded,
+	       s->delivered, s->failed, s->skipped, cpu_s, maxrss_kb);
+	if (s->failed)
+		fprintf(stderr, SUB_NAME ": %" PRIu64 " records failed, the first "
+			"with: %s\n", s->failed, rd_kafka_err2str(s->first_err));
+	if (s->rkt)
+		rd_kafka_topic_destroy(s->rkt);
+	if (s->rk)
+		rd_kafka_destroy(s->rk);
+}
+#endif
 
 static void sub_on_message(struct mosquitto *mosq, void *obj,
 			   const struct mosquitto_message *mm)
@@ -161,8 +350,12 @@ static void sub_on_message(struct mosquitto *mosq, void *obj,
 
 	(void)mosq;
 	s->messages++;
+#ifdef BENCH_BRIDGE
+	bridge_forward(s, mm);
+#else
 	bench_tally_add(&s->tally, mm->payloadlen > 0 ? mm->payload : NULL,
 			(size_t)mm->payloadlen);
+#endif
 }
 
 /*
@@ -271,6 +464,10 @@ int main(int argc, char **argv)
 	bench_catch_signals(true);
 
 	mosquitto_lib_init();
+#ifdef BENCH_BRIDGE
+	if (bridge_start(s) != 0)
+		goto out;
+#endif
 	s->mosq = mosquitto_new(s->opt.client_id, true, s);
 	if (!s->mosq) {
 		fprintf(stderr, SUB_NAME ": mosquitto_new failed: %s\n", strerror(errno));
@@ -294,6 +491,7 @@ int main(int argc, char **argv)
 	/* --timeout counts from here */
 	bench_tally_start(&s->tally, &s->opt.tally);
 	while (!bench_stop) {
+		unsigned long seen = s->messages;
 		int64_t now;
 
 		rc = s->granted == s->opt.ntopics ? sub_loop_batch(s) :
@@ -319,14 +517,32 @@ int main(int argc, char **argv)
 				s->refused);
 			break;
 		}
+#ifdef BENCH_BRIDGE
+		/* a quiet round: serve the reports the last messages left */
+		if (s->messages == seen)
+			rd_kafka_poll(s->rk, 0);
+		if ((double)(now - s->tally.start_ns) / 1e9 >= s->opt.tally.timeout_s) {
+			state = BENCH_COMPLETE;	/* the end of its time */
+			break;
+		}
+#else
+		(void)seen;
 		state = bench_tally_check(&s->tally, now, "messages");
 		if (state != BENCH_RUNNING)
 			break;
+#endif
 	}
 	if (bench_stop || state == BENCH_COMPLETE || state == BENCH_IDLE)
 		status = 0;
+#ifdef BENCH_BRIDGE
+	mosquitto_disconnect(s->mosq);
+	bridge_finish(s);
+	if (s->failed)
+		status = 1;
+#else
 	bench_tally_report(&s->tally, state == BENCH_COMPLETE);
 	mosquitto_disconnect(s->mosq);
+#endif
 out:
 	if (s->mosq)
 		mosquitto_destroy(s->mosq);

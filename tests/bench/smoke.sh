@@ -50,19 +50,24 @@ bad=$(grep '^size=' "$txt" | grep -cv ' ratio=[0-9][0-9.]*$')
 # CSV: header plus four rows; every row complete, with a rate, a p99 and a
 # bare reference (columns after the quoted note, which may hold commas, are
 # counted from the end)
-head -1 "$csv" | grep -q ',kafka_gc_ms,bare_ref_rate,p99_to_router_ms,p99_after_router_ms$' &&
+head -1 "$csv" | grep -q ',kafka_gc_ms,bare_ref_rate,p99_to_router_ms,p99_after_router_ms,mosquitto_cpu_s_per_M,kafka_cpu_s_per_M$' &&
 	pass "CSV header" || fail "CSV header: $(head -1 "$csv")"
 rows=$(awk -F, 'NR > 1' "$csv" | wc -l)
 [ "$rows" -eq 4 ] && pass "4 CSV rows" || fail "$rows CSV rows, expected 4"
-awk -F, 'NR > 1 && !($5 > 0 && $8 > 0 && $16 == 1 && $(NF - 2) > 0) { print; bad = 1 }
+awk -F, 'NR > 1 && !($5 > 0 && $8 > 0 && $16 == 1 && $(NF - 4) > 0) { print; bad = 1 }
 	END { exit bad }' "$csv" && pass "every row: rate, p99, complete, bare reference" ||
 	fail "rows above lack a rate, a p99, completeness or a bare reference"
 # the cases read back from Kafka split their p99 at the record's timestamp,
 # and neither part exceeds the whole
-awk -F, 'NR > 1 && $3 != "bare-mqtt" && !($(NF - 1) >= 0 && $NF > 0 &&
-	$(NF - 1) <= $8 + 1 && $NF <= $8 + 1) { print; bad = 1 }
+awk -F, 'NR > 1 && $3 != "bare-mqtt" && !($(NF - 3) >= 0 && $(NF - 2) > 0 &&
+	$(NF - 3) <= $8 + 1 && $(NF - 2) <= $8 + 1) { print; bad = 1 }
 	END { exit bad }' "$csv" && pass "Kafka rows: p99 split at the record's timestamp" ||
 	fail "rows above lack the p99 split, or a part exceeds the whole"
+# mosquitto's CPU per message where it carries the messages (not in the
+# bare Kafka producer's case); no JVM's in a run without the real broker
+awk -F, 'NR > 1 && !(($3 == "bare-kafka" ? $(NF - 1) == "-" : $(NF - 1) > 0) && $NF == "-") { print; bad = 1 }
+	END { exit bad }' "$csv" && pass "mosquitto's CPU per message, and no JVM's" ||
+	fail "rows above: mosquitto's CPU missing where it worked, or a JVM's CPU without a JVM"
 
 # the router cases compared with the bare phases around them: 2 router
 # phases each, and 1 + 2 bare rates (the one before, one after each)
