@@ -40,6 +40,7 @@
 #include <librdkafka/rdkafka_mock.h>
 
 #include "bench-common.h"
+#include "bench-kafka.h"
 
 #define PROD_NAME "bench-kafka-produce"
 
@@ -47,15 +48,6 @@
 #define PROD_MAX_SIZE		(1024 * 1024)
 #define PROD_SETUP_TIMEOUT_MS	30000	/* topic creation and metadata */
 #define PROD_POLL_EVERY		1000	/* serve reports every N messages */
-
-/* The kafka output plugin's defaults (plugins/kafka/kafka.c), applied
- * before -X so they can be overridden the same way. */
-static const char *const prod_defaults[][2] = {
-	{ "acks", "all" },
-	{ "enable.idempotence", "true" },
-	{ "message.timeout.ms", "0" },
-	{ "linger.ms", "2" },
-};
 
 struct prod_opts {
 	const char *brokers;
@@ -177,14 +169,6 @@ static void prod_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque
 		if (p->failed++ == 0)
 			p->first_err = m->err;
 	}
-}
-
-static void prod_log_cb(const rd_kafka_t *rk, int level, const char *fac,
-			const char *buf)
-{
-	(void)rk;
-	if (level <= 4)
-		fprintf(stderr, PROD_NAME ": librdkafka %s: %s\n", fac, buf);
 }
 
 static int prod_conf_set(rd_kafka_conf_t *conf, const char *name,
@@ -385,8 +369,11 @@ int main(int argc, char **argv)
 	bench_catch_signals(false);
 
 	conf = rd_kafka_conf_new();
-	for (size_t k = 0; k < sizeof(prod_defaults) / sizeof(*prod_defaults); k++)
-		if (prod_conf_set(conf, prod_defaults[k][0], prod_defaults[k][1]))
+	/* the kafka output's defaults, before -X so it can override them */
+	for (size_t k = 0; k < sizeof(bench_kafka_output_defaults) /
+			       sizeof(*bench_kafka_output_defaults); k++)
+		if (prod_conf_set(conf, bench_kafka_output_defaults[k][0],
+				  bench_kafka_output_defaults[k][1]))
 			return 1;
 	prod_conf_set(conf, "client.id", PROD_NAME);
 	if (embedded) {
@@ -408,7 +395,7 @@ int main(int argc, char **argv)
 	}
 	rd_kafka_conf_set_opaque(conf, p);
 	rd_kafka_conf_set_dr_msg_cb(conf, prod_dr_cb);
-	rd_kafka_conf_set_log_cb(conf, prod_log_cb);
+	rd_kafka_conf_set_log_cb(conf, bench_kafka_log_cb);
 	p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
 	if (!p->rk) {
 		fprintf(stderr, PROD_NAME ": cannot create the producer: %s\n", errstr);

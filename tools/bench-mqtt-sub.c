@@ -58,11 +58,10 @@
 
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
-#ifdef BENCH_BRIDGE
-#include <librdkafka/rdkafka.h>
-#endif
-
 #include "bench-common.h"
+#ifdef BENCH_BRIDGE
+#include "bench-kafka.h"
+#endif
 
 #ifdef BENCH_BRIDGE
 #define SUB_NAME "bench-mqtt-bridge"
@@ -223,29 +222,17 @@ static void bridge_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaq
 		s->first_err = m->err;
 }
 
-static void bridge_log_cb(const rd_kafka_t *rk, int level, const char *fac,
-			  const char *buf)
-{
-	(void)rk;
-	if (level <= 4)
-		fprintf(stderr, SUB_NAME ": librdkafka %s: %s\n", fac, buf);
-}
-
-/* The producer, with the kafka output's defaults (plugins/kafka/kafka.c). */
+/* The producer, with the kafka output's defaults. */
 static int bridge_start(struct sub *s)
 {
-	static const char *const defaults[][2] = {
-		{ "acks", "all" },
-		{ "enable.idempotence", "true" },
-		{ "message.timeout.ms", "0" },
-		{ "linger.ms", "2" },
-		{ "client.id", SUB_NAME },
-	};
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char errstr[512];
 
-	for (size_t i = 0; i < sizeof(defaults) / sizeof(*defaults); i++)
-		rd_kafka_conf_set(conf, defaults[i][0], defaults[i][1], NULL, 0);
+	for (size_t i = 0; i < sizeof(bench_kafka_output_defaults) /
+			       sizeof(*bench_kafka_output_defaults); i++)
+		rd_kafka_conf_set(conf, bench_kafka_output_defaults[i][0],
+				  bench_kafka_output_defaults[i][1], NULL, 0);
+	rd_kafka_conf_set(conf, "client.id", SUB_NAME, NULL, 0);
 	if (rd_kafka_conf_set(conf, "bootstrap.servers", s->opt.brokers, errstr,
 			      sizeof(errstr)) != RD_KAFKA_CONF_OK) {
 		fprintf(stderr, SUB_NAME ": --brokers %s: %s\n", s->opt.brokers, errstr);
@@ -254,7 +241,7 @@ static int bridge_start(struct sub *s)
 	}
 	rd_kafka_conf_set_opaque(conf, s);
 	rd_kafka_conf_set_dr_msg_cb(conf, bridge_dr_cb);
-	rd_kafka_conf_set_log_cb(conf, bridge_log_cb);
+	rd_kafka_conf_set_log_cb(conf, bench_kafka_log_cb);
 	s->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
 	if (!s->rk) {
 		fprintf(stderr, SUB_NAME ": cannot create the producer: %s\n", errstr);
