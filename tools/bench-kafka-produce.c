@@ -349,7 +349,7 @@ int main(int argc, char **argv)
 	static struct prod prod;
 	struct prod *p = &prod;
 	rd_kafka_conf_t *conf;
-	char errstr[512], key[32];
+	char key[32];
 	char *buf;
 	int64_t t0, deadline, end_produce;
 	double elapsed, cpu;
@@ -393,15 +393,8 @@ int main(int argc, char **argv)
 		if (prod_conf_set(conf, name, eq + 1))
 			goto out;
 	}
-	rd_kafka_conf_set_opaque(conf, p);
-	rd_kafka_conf_set_dr_msg_cb(conf, prod_dr_cb);
-	rd_kafka_conf_set_log_cb(conf, bench_kafka_log_cb);
-	p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-	if (!p->rk) {
-		fprintf(stderr, PROD_NAME ": cannot create the producer: %s\n", errstr);
-		rd_kafka_conf_destroy(conf);
+	if (!(p->rk = bench_kafka_producer_new(conf, p, prod_dr_cb)))
 		goto out;
-	}
 	if (prod_prepare_topic(p) != 0)
 		goto out;
 	if (p->opt.wait_file && prod_wait_file(p->opt.wait_file, p->opt.timeout_s) != 0)

@@ -30,4 +30,26 @@ static inline void bench_kafka_log_cb(const rd_kafka_t *rk, int level,
 		fprintf(stderr, "%s: librdkafka %s: %s\n", bench_name, fac, buf);
 }
 
+/* A producer on @conf (which it takes, also on failure) with @opaque,
+ * @dr_cb for delivery reports and bench_kafka_log_cb; NULL, said on
+ * stderr, when librdkafka refuses. */
+static inline rd_kafka_t *bench_kafka_producer_new(
+	rd_kafka_conf_t *conf, void *opaque,
+	void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *))
+{
+	char errstr[512];
+	rd_kafka_t *rk;
+
+	rd_kafka_conf_set_opaque(conf, opaque);
+	rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
+	rd_kafka_conf_set_log_cb(conf, bench_kafka_log_cb);
+	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+	if (!rk) {
+		fprintf(stderr, "%s: cannot create the producer: %s\n", bench_name,
+			errstr);
+		rd_kafka_conf_destroy(conf);
+	}
+	return rk;
+}
+
 #endif

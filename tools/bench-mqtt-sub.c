@@ -239,16 +239,8 @@ static int bridge_start(struct sub *s)
 		rd_kafka_conf_destroy(conf);
 		return -1;
 	}
-	rd_kafka_conf_set_opaque(conf, s);
-	rd_kafka_conf_set_dr_msg_cb(conf, bridge_dr_cb);
-	rd_kafka_conf_set_log_cb(conf, bench_kafka_log_cb);
-	s->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-	if (!s->rk) {
-		fprintf(stderr, SUB_NAME ": cannot create the producer: %s\n", errstr);
-		rd_kafka_conf_destroy(conf);
-		return -1;
-	}
-	return 0;
+	s->rk = bench_kafka_producer_new(conf, s, bridge_dr_cb);
+	return s->rk ? 0 : -1;
 }
 
 /* The handle of the record topic @name (@len bytes), kept while the topic
