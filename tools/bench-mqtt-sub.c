@@ -35,7 +35,7 @@
  * DEVICE); a topic with fewer levels is skipped and counted.  Delivery
  * reports are served on the loop's thread every BRIDGE_POLL_EVERY
  * messages, as the kafka output serves them.  It runs until SIGTERM or
- * --timeout, then flushes (at most BRIDGE_FLUSH_MS) and prints
+ * --timeout, then flushes (at most --flush-ms) and prints
  *   forwarded=N delivered=D failed=F skipped=K cpu_s=U maxrss_kb=M
  */
 #ifdef HAVE_CONFIG_H
@@ -58,6 +58,7 @@
 
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
+
 #include "bench-common.h"
 #ifdef BENCH_BRIDGE
 #include "bench-kafka.h"
@@ -68,7 +69,7 @@
 #define BRIDGE_LEVELS		3	/* topic levels that name the record's topic */
 #define BRIDGE_POLL_EVERY	32	/* KAFKA_OUT_SERVE_EVERY of the kafka output */
 #define BRIDGE_FULL_WAIT_MS	10	/* queue_full_retry_ms of the kafka output */
-#define BRIDGE_FLUSH_MS		30000
+#define BRIDGE_FLUSH_MS		30000	/* --flush-ms default */
 #define BRIDGE_MAX_TOPIC	256
 #else
 #define SUB_NAME "bench-mqtt-sub"
@@ -91,6 +92,7 @@ struct sub_opts {
 	int protocol;
 	int receive_maximum;
 	const char *brokers;		/* bench-mqtt-bridge: bootstrap servers */
+	int flush_ms;			/* and how long it flushes at the end */
 	struct bench_tally_opts tally;
 };
 
@@ -105,8 +107,9 @@ struct sub {
 	struct bench_tally tally;
 #ifdef BENCH_BRIDGE
 	rd_kafka_t *rk;
-	rd_kafka_topic_t *rkt;		/* the topic of the last record */
-	char rkt_name[BRIDGE_MAX_TOPIC];
+	rd_kafka_topic_t *rkt;		/* the topic of the last record, */
+	char rkt_prefix[BRIDGE_MAX_TOPIC]; /* from this message topic prefix */
+	size_t rkt_prefix_len;
 	uint64_t forwarded, delivered, failed, skipped;
 	rd_kafka_resp_err_t first_err;
 #endif
@@ -123,6 +126,8 @@ static void sub_usage(FILE *f)
 "only --ready-file and --timeout apply.\n"
 "\n"
 "  -b, --brokers LIST       Kafka bootstrap servers\n"
+"      --flush-ms MS        how long to wait at the end for the records still\n"
+"                           undelivered (default %d); any left fail the run\n"
 #else
 "Usage: " SUB_NAME " -t FILTER [OPTION]...\n"
 "Subscribe, count messages and measure their age from the payload's \"ts\"\n"
@@ -151,7 +156,7 @@ static void sub_usage(FILE *f)
 "                           FILE, one a line, in arrival order\n"
 "      --help               print this help\n",
 #ifdef BENCH_BRIDGE
-		BRIDGE_LEVELS,
+		BRIDGE_LEVELS, BRIDGE_FLUSH_MS,
 #endif
 		SUB_MAX_TOPICS, BENCH_SAMPLES_DEFAULT);
 }
@@ -189,6 +194,7 @@ static void sub_parse_args(struct sub_opts *o, int argc, char **argv)
 		{ "receive-maximum", 0, .i = &o->receive_maximum, .min = 1, .max = 65535 },
 #ifdef BENCH_BRIDGE
 		{ "brokers", 'b', .text = &o->brokers },
+		{ "flush-ms", 0, .i = &o->flush_ms, .min = 0, .max = 3600000 },
 #endif
 		{ .name = NULL }
 	};
@@ -197,6 +203,9 @@ static void sub_parse_args(struct sub_opts *o, int argc, char **argv)
 		.host = "127.0.0.1", .port = 1883, .qos = 1,
 		.protocol = MQTT_PROTOCOL_V5, .receive_maximum = 100,
 	};
+#ifdef BENCH_BRIDGE
+	o->flush_ms = BRIDGE_FLUSH_MS;
+#endif
 	bench_tally_opts_init(&o->tally);
 	bench_parse_options(argc, argv, options, BENCH_TALLY_OPTIONS(&o->tally),
 			    sub_usage);
@@ -243,17 +252,23 @@ static int bridge_start(struct sub *s)
 	return s->rk ? 0 : -1;
 }
 
-/* The handle of the record topic @name (@len bytes), kept while the topic
- * stays the same. */
-static rd_kafka_topic_t *bridge_topic(struct sub *s, const char *name, size_t len)
+/* The handle of the record topic for the message topic prefix @prefix
+ * (@len bytes, shorter than BRIDGE_MAX_TOPIC): the prefix with '.' for
+ * '/'.  Kept while messages come with the same prefix. */
+static rd_kafka_topic_t *bridge_topic(struct sub *s, const char *prefix, size_t len)
 {
-	if (s->rkt && strlen(s->rkt_name) == len && !memcmp(s->rkt_name, name, len))
+	char name[BRIDGE_MAX_TOPIC];
+
+	if (s->rkt && s->rkt_prefix_len == len && !memcmp(s->rkt_prefix, prefix, len))
 		return s->rkt;
 	if (s->rkt)
 		rd_kafka_topic_destroy(s->rkt);
-	memcpy(s->rkt_name, name, len);
-	s->rkt_name[len] = '\0';
-	s->rkt = rd_kafka_topic_new(s->rk, s->rkt_name, NULL);
+	for (size_t i = 0; i < len; i++)
+		name[i] = prefix[i] == '/' ? '.' : prefix[i];
+	name[len] = '\0';
+	memcpy(s->rkt_prefix, prefix, len);
+	s->rkt_prefix_len = len;
+	s->rkt = rd_kafka_topic_new(s->rk, name, NULL);
 	return s->rkt;
 }
 
@@ -262,26 +277,21 @@ static rd_kafka_topic_t *bridge_topic(struct sub *s, const char *name, size_t le
  * does; nothing is dropped while the bridge runs. */
 static void bridge_forward(struct sub *s, const struct mosquitto_message *mm)
 {
-	char name[BRIDGE_MAX_TOPIC];
 	const char *key, *end;
 	rd_kafka_topic_t *rkt;
-	size_t len = 0;
+	size_t len;
 	int level = 0;
 
 	for (key = mm->topic; *key && level < BRIDGE_LEVELS; key++)
 		if (*key == '/')
 			level++;
 	len = (size_t)(key - mm->topic) - 1;
-	if (level < BRIDGE_LEVELS || len >= sizeof(name)) {
+	if (level < BRIDGE_LEVELS || len >= BRIDGE_MAX_TOPIC) {
 		s->skipped++;
 		return;
 	}
-	for (size_t i = 0; i < len; i++)
-		name[i] = mm->topic[i] == '/' ? '.' : mm->topic[i];
-	end = strchr(key, '/');
-	if (!end)
-		end = key + strlen(key);
-	if (!(rkt = bridge_topic(s, name, len))) {
+	end = strchrnul(key, '/');
+	if (!(rkt = bridge_topic(s, mm->topic, len))) {
 		s->skipped++;
 		return;
 	}
@@ -300,14 +310,18 @@ static void bridge_forward(struct sub *s, const struct mosquitto_message *mm)
 		rd_kafka_poll(s->rk, 0);
 }
 
-/* Flush what is left and print the counts. */
-static void bridge_finish(struct sub *s)
+/* Flush what is left and print the counts; -1 when a record failed or
+ * was still undelivered after --flush-ms. */
+static int bridge_finish(struct sub *s)
 {
+	uint64_t pending = 0;
 	long maxrss_kb = 0;
 	double cpu_s;
 
-	if (s->rk)
-		rd_kafka_flush(s->rk, BRIDGE_FLUSH_MS);
+	if (s->rk) {
+		rd_kafka_flush(s->rk, s->opt.flush_ms);
+		pending = s->forwarded - s->delivered - s->failed;
+	}
 	cpu_s = bench_cpu_s(&maxrss_kb);
 	printf("forwarded=%" PRIu64 " delivered=%" PRIu64 " failed=%" PRIu64
 	       " skipped=%" PRIu64 " cpu_s=%.3f maxrss_kb=%ld\n", s->forwarded,
@@ -315,10 +329,15 @@ static void bridge_finish(struct sub *s)
 	if (s->failed)
 		fprintf(stderr, SUB_NAME ": %" PRIu64 " records failed, the first "
 			"with: %s\n", s->failed, rd_kafka_err2str(s->first_err));
+	if (pending)
+		fprintf(stderr, SUB_NAME ": %" PRIu64 " records not delivered "
+			"within %d ms of the end (is Kafka at %s up?)\n", pending,
+			s->opt.flush_ms, s->opt.brokers);
 	if (s->rkt)
 		rd_kafka_topic_destroy(s->rkt);
 	if (s->rk)
 		rd_kafka_destroy(s->rk);
+	return s->failed || pending ? -1 : 0;
 }
 #endif
 
@@ -470,7 +489,9 @@ int main(int argc, char **argv)
 	/* --timeout counts from here */
 	bench_tally_start(&s->tally, &s->opt.tally);
 	while (!bench_stop) {
+#ifdef BENCH_BRIDGE
 		unsigned long seen = s->messages;
+#endif
 		int64_t now;
 
 		rc = s->granted == s->opt.ntopics ? sub_loop_batch(s) :
@@ -505,7 +526,6 @@ int main(int argc, char **argv)
 			break;
 		}
 #else
-		(void)seen;
 		state = bench_tally_check(&s->tally, now, "messages");
 		if (state != BENCH_RUNNING)
 			break;
@@ -515,8 +535,7 @@ int main(int argc, char **argv)
 		status = 0;
 #ifdef BENCH_BRIDGE
 	mosquitto_disconnect(s->mosq);
-	bridge_finish(s);
-	if (s->failed)
+	if (bridge_finish(s) != 0)
 		status = 1;
 #else
 	bench_tally_report(&s->tally, state == BENCH_COMPLETE);

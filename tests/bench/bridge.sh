@@ -63,6 +63,28 @@ diag "bridge: $line"
 assert_match "^forwarded=$N delivered=$N failed=0 skipped=1 cpu_s=[0-9.]+ maxrss_kb=[0-9]+$" \
 	"$line" "its result line counts every record delivered and the short topic skipped"
 
+# Kafka unreachable: the records it could not deliver by the end are
+# counted, named on stderr, and fail the run
+dead=127.0.0.1:$(free_port)
+rm -f "$TEST_TMPDIR/ready"
+"$BRIDGE" --host 127.0.0.1 --port "$MQTT_PORT" --topic "bench/$run-dead/#" --qos 1 \
+	--brokers "$dead" --flush-ms 500 --ready-file "$TEST_TMPDIR/ready" --timeout 600 \
+	>"$TEST_TMPDIR/dead.out" 2>"$TEST_TMPDIR/dead.err" &
+bridge_pid=$!
+register_pid "$bridge_pid"
+wait_for 30 test -f "$TEST_TMPDIR/ready" || bail_out "the bridge did not subscribe: $(cat "$TEST_TMPDIR/dead.err")"
+"$IOTROUTER_SIM" --host 127.0.0.1 --port "$MQTT_PORT" --quiet --qos 1 \
+	--devices 2 --count 20 --rate 0 --topic "bench/$run-dead/{site}/{device}/{sensor}"
+sleep 1   # the 20 reach the bridge within milliseconds; it has no live count
+kill -TERM "$bridge_pid"
+rc=0
+wait "$bridge_pid" || rc=$?
+assert_eq 1 "$rc" "with Kafka unreachable it exits 1"
+assert_match "^forwarded=20 delivered=0 failed=0 skipped=0 " "$(cat "$TEST_TMPDIR/dead.out")" \
+	"its result line shows the 20 records forwarded and none delivered"
+assert_match "20 records not delivered within 500 ms of the end \(is Kafka at $dead up\?\)" \
+	"$(cat "$TEST_TMPDIR/dead.err")" "and stderr says how many, and names the brokers"
+
 rc=0
 out=$("$BRIDGE" --topic x 2>&1) || rc=$?
 assert_eq 2 "$rc" "without --brokers it refuses to start"
