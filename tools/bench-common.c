@@ -258,9 +258,16 @@ void bench_tally_add(struct bench_tally *t, const void *payload, size_t len)
 void bench_tally_add_split(struct bench_tally *t, const void *payload,
 			   size_t len, int64_t stamp_us)
 {
+	bench_tally_add_at(t, payload, len, stamp_us, -1);
+}
+
+void bench_tally_add_at(struct bench_tally *t, const void *payload,
+			size_t len, int64_t stamp_us, int64_t arrived_us)
+{
 	const struct bench_tally_opts *o = t->opt;
 	int64_t now = bench_now_ns(CLOCK_MONOTONIC);
-	int64_t now_rt = bench_now_ns(CLOCK_REALTIME) / 1000;
+	int64_t now_rt = arrived_us >= 0 ? arrived_us :
+		bench_now_ns(CLOCK_REALTIME) / 1000;
 	int64_t ts;
 
 	if (o->warm_marker && payload &&
@@ -274,7 +281,8 @@ void bench_tally_add_split(struct bench_tally *t, const void *payload,
 	if (t->received++ == 0)
 		t->first_ns = now;
 	t->last_ns = now;
-	t->last_rt_us = now_rt;
+	if (now_rt > t->last_rt_us)
+		t->last_rt_us = now_rt;
 	if (ts < 0) {
 		t->no_ts++;
 		return;

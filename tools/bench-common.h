@@ -135,7 +135,7 @@ struct bench_tally {
 	int64_t next_expect_poll_ns;
 	int64_t first_ns, last_ns;	/* CLOCK_MONOTONIC of arrivals */
 	int64_t first_ts_us;		/* earliest publish time seen */
-	int64_t last_rt_us;		/* CLOCK_REALTIME of the last arrival */
+	int64_t last_rt_us;		/* CLOCK_REALTIME of the latest arrival */
 	struct bench_samples age;	/* publish -> arrival */
 	/* Split at a time stamped on the way (bench_tally_add_split): publish
 	 * -> stamp, and stamp -> arrival.  Empty without stamps. */
@@ -157,6 +157,13 @@ void bench_tally_add(struct bench_tally *t, const void *payload, size_t len);
  * A negative @stamp_us is no stamp. */
 void bench_tally_add_split(struct bench_tally *t, const void *payload,
 			   size_t len, int64_t stamp_us);
+
+/* The same, for a message that arrived at @arrived_us (microseconds since
+ * the epoch; a record's append time in the broker's log, read back later)
+ * rather than just now; a negative @arrived_us is now.  The elapsed time
+ * of the report ends at the latest arrival. */
+void bench_tally_add_at(struct bench_tally *t, const void *payload,
+			size_t len, int64_t stamp_us, int64_t arrived_us);
 
 enum bench_tally_state {
 	BENCH_RUNNING,		/* go on receiving */

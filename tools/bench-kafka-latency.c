@@ -18,7 +18,15 @@
  *   to_stamp_p50_us=D to_stamp_p99_us=E from_stamp_p50_us=F
  *   from_stamp_p99_us=G
  * with the same meaning as bench-mqtt-sub's (warm-up records, marked with
- * --warm-marker, are not counted).  The to_stamp and from_stamp fields
+ * --warm-marker, are not counted).
+ *
+ * With --read-after it reads nothing while the records of the measurement
+ * are produced: it creates the topic with the broker's append time as the
+ * records' timestamp (message.timestamp.type=LogAppendTime), pauses every
+ * partition once the warm-up has arrived, and reads the rest once
+ * --expect-file exists.  Each record then counts as arrived at its append
+ * time, so the rate is that of the path up to the broker's log, and the
+ * consumer's fetches take no CPU from the path while it is measured.  The to_stamp and from_stamp fields
  * split each age at the record's timestamp: iotrouter stamps a record with
  * the time its input received the message, and a bare producer with the
  * time it produced it.  So to_stamp is publish -> router, and from_stamp
@@ -57,6 +65,7 @@ struct lat_opts {
 	int partitions;
 	int fetch_wait_ms;
 	int fetch_min_bytes;
+	bool read_after;
 	struct bench_tally_opts tally;
 };
 
@@ -97,6 +106,12 @@ static void lat_usage(FILE *f)
 "                            a fetch at the first record; more lets it\n"
 "                            gather records for up to --fetch-wait-ms, so\n"
 "                            that counting costs the broker fewer fetches)\n"
+"      --read-after          read nothing from the end of the warm-up until\n"
+"                            --expect-file exists, and count each record as\n"
+"                            arrived at its append time in the broker's log\n"
+"                            (creates TOPIC with message.timestamp.type=\n"
+"                            LogAppendTime; needs --warm-marker and\n"
+"                            --expect-file; a real broker only)\n"
 "      --max-samples N       latency samples kept (default %lu)\n"
 "      --samples-file FILE   write each message's age in microseconds to\n"
 "                            FILE, one a line, in arrival order\n"
@@ -112,6 +127,7 @@ static void lat_parse_args(struct lat_opts *o, int argc, char **argv)
 		{ "partitions", 0, .i = &o->partitions, .min = 1, .max = 1024 },
 		{ "fetch-wait-ms", 0, .i = &o->fetch_wait_ms, .min = 0, .max = 60000 },
 		{ "fetch-min-bytes", 0, .i = &o->fetch_min_bytes, .min = 1, .max = 100000000 },
+		{ "read-after", 0, .flag = &o->read_after },
 		{ .name = NULL }
 	};
 
@@ -122,6 +138,8 @@ static void lat_parse_args(struct lat_opts *o, int argc, char **argv)
 			    lat_usage);
 	if (!o->topic || (!o->brokers == !o->bootstrap_file))
 		bench_die_usage("%s", "give --topic and one of --brokers, --bootstrap-file");
+	if (o->read_after && (!o->tally.warm_marker || !o->tally.expect_file))
+		bench_die_usage("%s", "--read-after needs --warm-marker and --expect-file");
 }
 
 /* The first line of path, once the file exists and has one; NULL on timeout. */
@@ -148,7 +166,8 @@ static char *lat_read_line(const char *path, int64_t deadline)
 }
 
 /* Create the topic unless it exists (an embedded mock cluster may not
- * support CreateTopics; then the metadata request below creates it). */
+ * support CreateTopics; then the metadata request below creates it).  With
+ * --read-after, its records carry the broker's append time. */
 static void lat_create_topic(struct lat *l)
 {
 	rd_kafka_NewTopic_t *nt;
@@ -160,6 +179,12 @@ static void lat_create_topic(struct lat *l)
 				   sizeof(errstr));
 	if (!nt)
 		return;
+	if (l->opt.read_after &&
+	    rd_kafka_NewTopic_set_config(nt, "message.timestamp.type",
+					 "LogAppendTime")) {
+		rd_kafka_NewTopic_destroy(nt);
+		return;
+	}
 	q = rd_kafka_queue_new(l->rk);
 	rd_kafka_CreateTopics(l->rk, &nt, 1, NULL, q);
 	ev = rd_kafka_queue_poll(q, 10000);
@@ -236,6 +261,35 @@ static int64_t lat_stamp_us(const rd_kafka_message_t *m)
 	return ms * 1000 + 500;
 }
 
+/* The record's append time in the broker's log in microseconds, at the
+ * middle of its millisecond; -1 when it carries another timestamp. */
+static int64_t lat_appended_us(const rd_kafka_message_t *m)
+{
+	rd_kafka_timestamp_type_t type;
+	int64_t ms = rd_kafka_message_timestamp(m, &type);
+
+	if (type != RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME || ms <= 0)
+		return -1;
+	return ms * 1000 + 500;
+}
+
+/* Pause or resume fetching every assigned partition. */
+static int lat_pause(struct lat *l, bool pause)
+{
+	rd_kafka_topic_partition_list_t *parts = NULL;
+	rd_kafka_resp_err_t err = rd_kafka_assignment(l->rk, &parts);
+
+	if (!err)
+		err = pause ? rd_kafka_pause_partitions(l->rk, parts) :
+			rd_kafka_resume_partitions(l->rk, parts);
+	if (parts)
+		rd_kafka_topic_partition_list_destroy(parts);
+	if (err)
+		fprintf(stderr, LAT_NAME ": cannot %s fetching: %s\n",
+			pause ? "pause" : "resume", rd_kafka_err2str(err));
+	return err ? -1 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	static struct lat lat;
@@ -247,7 +301,7 @@ int main(int argc, char **argv)
 	char *brokers = NULL;
 	int64_t deadline;
 	int nparts, eofs = 0, status = 1;
-	bool ready = false;
+	bool ready = false, paused = false, resumed = false;
 	char *eof_seen = NULL;
 
 	lat_parse_args(&l->opt, argc, argv);
@@ -320,12 +374,46 @@ int main(int argc, char **argv)
 				}
 			} else if (m->err) {
 				fprintf(stderr, LAT_NAME ": %s\n", rd_kafka_message_errstr(m));
-			} else {
+			} else if (!l->opt.read_after) {
 				bench_tally_add_split(t, m->payload,
 						      m->payload ? m->len : 0,
 						      lat_stamp_us(m));
+			} else {
+				int64_t at = lat_appended_us(m);
+
+				if (at < 0 && !(m->payload &&
+				    memmem(m->payload, m->len,
+					   l->opt.tally.warm_marker,
+					   strlen(l->opt.tally.warm_marker)))) {
+					fprintf(stderr, LAT_NAME ": topic %s "
+						"keeps the producers' timestamps, "
+						"not the broker's append time: "
+						"--read-after needs a topic it "
+						"creates itself (use a new topic "
+						"name, and a real broker)\n",
+						l->opt.topic);
+					rd_kafka_message_destroy(m);
+					break;
+				}
+				bench_tally_add_at(t, m->payload,
+						   m->payload ? m->len : 0,
+						   -1, at);
 			}
 			rd_kafka_message_destroy(m);
+		}
+		if (l->opt.read_after && !paused &&
+		    t->warm >= l->opt.tally.warm_count) {
+			/* the warm-up is in: nothing more until the end */
+			if (lat_pause(l, true))
+				break;
+			paused = true;
+		}
+		if (paused && !resumed && t->expected > 0) {
+			/* the publisher is done (bench_tally_check() below
+			 * read --expect-file): read them all */
+			if (lat_pause(l, false))
+				break;
+			resumed = true;
 		}
 		if (!ready && (eofs == nparts || t->received > 0 || t->warm > 0)) {
 			ready = true;
