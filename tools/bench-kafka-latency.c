@@ -18,20 +18,21 @@
  *   to_stamp_p50_us=D to_stamp_p99_us=E from_stamp_p50_us=F
  *   from_stamp_p99_us=G
  * with the same meaning as bench-mqtt-sub's (warm-up records, marked with
- * --warm-marker, are not counted).
+ * --warm-marker, are not counted).  The to_stamp and from_stamp fields
+ * split each age at the record's timestamp: iotrouter stamps a record with
+ * the time its input received the message, and a bare producer with the
+ * time it produced it.  So to_stamp is publish -> router, and from_stamp
+ * router -> Kafka -> here.  Kafka keeps milliseconds: the split is taken at
+ * the middle of the record's millisecond, within 0.5 ms of the true time.
  *
  * With --read-after it reads nothing while the records of the measurement
  * are produced: it creates the topic with the broker's append time as the
  * records' timestamp (message.timestamp.type=LogAppendTime), pauses every
  * partition once the warm-up has arrived, and reads the rest once
  * --expect-file exists.  Each record then counts as arrived at its append
- * time, so the rate is that of the path up to the broker's log, and the
- * consumer's fetches take no CPU from the path while it is measured.  The to_stamp and from_stamp fields
- * split each age at the record's timestamp: iotrouter stamps a record with
- * the time its input received the message, and a bare producer with the
- * time it produced it.  So to_stamp is publish -> router, and from_stamp
- * router -> Kafka -> here.  Kafka keeps milliseconds: the split is taken at
- * the middle of the record's millisecond, within 0.5 ms of the true time.
+ * time, so the rate is that of the path up to the broker's log, an age is
+ * publish -> append (there is no split), and the consumer's fetches take
+ * no CPU from the path while it is measured.
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
