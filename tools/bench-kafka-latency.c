@@ -249,27 +249,17 @@ static void lat_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 }
 
 /* The record's timestamp in microseconds, at the middle of its
- * millisecond; -1 without one, or when it is the broker's append time
- * (a topic with message.timestamp.type=LogAppendTime), which would put
- * the broker's share on the router's side of the split. */
-static int64_t lat_stamp_us(const rd_kafka_message_t *m)
+ * millisecond, when it is of the given type; else -1.  The split wants
+ * the producer's (CREATE_TIME: a broker's append time would put the
+ * broker's share on the router's side of it), --read-after the broker's
+ * (LOG_APPEND_TIME). */
+static int64_t lat_stamp_us(const rd_kafka_message_t *m,
+			    rd_kafka_timestamp_type_t want)
 {
 	rd_kafka_timestamp_type_t type;
 	int64_t ms = rd_kafka_message_timestamp(m, &type);
 
-	if (type != RD_KAFKA_TIMESTAMP_CREATE_TIME || ms <= 0)
-		return -1;
-	return ms * 1000 + 500;
-}
-
-/* The record's append time in the broker's log in microseconds, at the
- * middle of its millisecond; -1 when it carries another timestamp. */
-static int64_t lat_appended_us(const rd_kafka_message_t *m)
-{
-	rd_kafka_timestamp_type_t type;
-	int64_t ms = rd_kafka_message_timestamp(m, &type);
-
-	if (type != RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME || ms <= 0)
+	if (type != want || ms <= 0)
 		return -1;
 	return ms * 1000 + 500;
 }
@@ -378,9 +368,11 @@ int main(int argc, char **argv)
 			} else if (!l->opt.read_after) {
 				bench_tally_add_split(t, m->payload,
 						      m->payload ? m->len : 0,
-						      lat_stamp_us(m));
+						      lat_stamp_us(m,
+							RD_KAFKA_TIMESTAMP_CREATE_TIME));
 			} else {
-				int64_t at = lat_appended_us(m);
+				int64_t at = lat_stamp_us(m,
+					RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME);
 
 				if (at < 0 && !(m->payload &&
 				    memmem(m->payload, m->len,
