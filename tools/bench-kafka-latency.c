@@ -374,10 +374,8 @@ int main(int argc, char **argv)
 				int64_t at = lat_stamp_us(m,
 					RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME);
 
-				if (at < 0 && !(m->payload &&
-				    memmem(m->payload, m->len,
-					   l->opt.tally.warm_marker,
-					   strlen(l->opt.tally.warm_marker)))) {
+				if (at < 0) {
+					/* a topic it did not create */
 					fprintf(stderr, LAT_NAME ": topic %s "
 						"keeps the producers' timestamps, "
 						"not the broker's append time: "

@@ -370,11 +370,10 @@ int main(int argc, char **argv)
 
 	conf = rd_kafka_conf_new();
 	/* the kafka output's defaults, before -X so it can override them */
-	for (size_t k = 0; k < sizeof(bench_kafka_output_defaults) /
-			       sizeof(*bench_kafka_output_defaults); k++)
-		if (prod_conf_set(conf, bench_kafka_output_defaults[k][0],
-				  bench_kafka_output_defaults[k][1]))
-			return 1;
+	if (bench_kafka_set_defaults(conf) != 0) {
+		rd_kafka_conf_destroy(conf);
+		return 1;
+	}
 	prod_conf_set(conf, "client.id", PROD_NAME);
 	if (embedded) {
 		const char *addr = prod_start_embedded(p);

@@ -21,6 +21,25 @@ static const char *const bench_kafka_output_defaults[][2] = {
 	{ "linger.ms", "2" },
 };
 
+/* Set the kafka output's defaults on @conf; -1, said on stderr, when
+ * librdkafka refuses one. */
+static inline int bench_kafka_set_defaults(rd_kafka_conf_t *conf)
+{
+	char errstr[512];
+
+	for (size_t i = 0; i < sizeof(bench_kafka_output_defaults) /
+			       sizeof(*bench_kafka_output_defaults); i++)
+		if (rd_kafka_conf_set(conf, bench_kafka_output_defaults[i][0],
+				      bench_kafka_output_defaults[i][1], errstr,
+				      sizeof(errstr)) != RD_KAFKA_CONF_OK) {
+			fprintf(stderr, "%s: %s=%s: %s\n", bench_name,
+				bench_kafka_output_defaults[i][0],
+				bench_kafka_output_defaults[i][1], errstr);
+			return -1;
+		}
+	return 0;
+}
+
 /* librdkafka's warnings and errors on stderr, after the tool's name. */
 static inline void bench_kafka_log_cb(const rd_kafka_t *rk, int level,
 				      const char *fac, const char *buf)

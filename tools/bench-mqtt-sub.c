@@ -237,10 +237,10 @@ static int bridge_start(struct sub *s)
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char errstr[512];
 
-	for (size_t i = 0; i < sizeof(bench_kafka_output_defaults) /
-			       sizeof(*bench_kafka_output_defaults); i++)
-		rd_kafka_conf_set(conf, bench_kafka_output_defaults[i][0],
-				  bench_kafka_output_defaults[i][1], NULL, 0);
+	if (bench_kafka_set_defaults(conf) != 0) {
+		rd_kafka_conf_destroy(conf);
+		return -1;
+	}
 	rd_kafka_conf_set(conf, "client.id", SUB_NAME, NULL, 0);
 	if (rd_kafka_conf_set(conf, "bootstrap.servers", s->opt.brokers, errstr,
 			      sizeof(errstr)) != RD_KAFKA_CONF_OK) {
